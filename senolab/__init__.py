@@ -1,0 +1,2 @@
+"""senolab: breast-imaging research across institutions."""
+__version__ = "0.1.0"

@@ -1,0 +1,37 @@
+"""The `senolab` command. Each sub-package with commands registers them itself."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# One line per sub-package that has commands; each module exposes register(subparsers).
+COMMAND_MODULES = [
+    "senolab.cohorts.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="senolab",
+        description="Breast-imaging research across institutions: cohorts, radiomics, "
+        "fused multi-task models, domain adaptation, explanations, tracking.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""`senolab cohorts describe ROOT... [--json]`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    cohorts = subparsers.add_parser("cohorts", help="read and describe cohorts")
+    sub = cohorts.add_subparsers(dest="cohorts_command", metavar="ACTION", required=True)
+    describe = sub.add_parser(
+        "describe",
+        help="images, patients, classes, lesions, metadata coverage, sizes, duplicate groups",
+        description="Describe cohorts. With no ROOT, the built-in synthetic multi-site cohort.",
+    )
+    describe.add_argument("roots", nargs="*", type=Path, metavar="ROOT", help="dataset folders (layout is detected)")
+    describe.add_argument("--json", action="store_true", help="print a machine-readable list instead of a table")
+    describe.add_argument("--strict", action="store_true", help="stop at the first bad case instead of skipping it")
+    describe.add_argument("--figure", type=Path, default=Path("cohorts_describe.png"),
+                          help="where to save the class-balance and intensity figure (default: %(default)s)")
+    describe.add_argument("--no-figure", action="store_true", help="do not draw the figure")
+    describe.set_defaults(func=run_describe)
+
+
+def run_describe(args: argparse.Namespace) -> int:
+    from senolab.cohorts.dedup import mark_duplicates
+    from senolab.cohorts.describe import describe, describe_figure, format_table
+    from senolab.cohorts.readers import read_cohort
+    from senolab.cohorts.schema import CohortError
+    from senolab.cohorts.synthetic import SyntheticConfig, generate
+
+    try:
+        cohorts = [read_cohort(root, strict=args.strict) for root in args.roots] or [generate(SyntheticConfig())]
+    except CohortError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    progress = not args.json
+    summaries = [describe(mark_duplicates(c, progress=progress)) for c in cohorts]
+    if args.json:
+        print(json.dumps(summaries, indent=1))
+    else:
+        print(format_table(summaries))
+    if not args.no_figure:
+        path = describe_figure(cohorts, args.figure)
+        print(f"figure: {path.resolve()}", file=sys.stderr if args.json else sys.stdout)
+    return 0
