@@ -1,0 +1,30 @@
+"""Shared test helpers: where the real cohorts are, and CPU threading under xdist."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+requires_data = pytest.mark.skipif(
+    not DATA.is_dir(), reason=f"real cohorts not found at {DATA} (only CI and dev machines have them)"
+)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two xdist workers on two cores: one torch thread each avoids oversubscription.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def real_cohorts():
+    """The three real cohorts, read once per test session (about 7 s)."""
+    if not DATA.is_dir():
+        pytest.skip(f"real cohorts not found at {DATA}")
+    from senolab.cohorts.readers import read_cohort
+
+    return {name: read_cohort(DATA / name) for name in ("busi", "busbra", "breast")}
