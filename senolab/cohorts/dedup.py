@@ -45,8 +45,20 @@ def hamming_matrix(hashes: np.ndarray) -> np.ndarray:
     return (ones[:, None] + ones[None, :] - 2 * common).astype(np.uint8)
 
 
-def duplicate_groups(hashes: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE) -> np.ndarray:
-    """Group index per image: images linked by a chain of near-duplicates share one."""
+# The hash squeezes every image to a square, so a portrait BUS-BRA frame and a landscape
+# BrEaST frame can collide; copies of one scan keep their shape. Two images are only linked
+# when their width/height ratios differ by at most this fraction.
+MAX_ASPECT_DIFFERENCE = 0.05
+
+
+def duplicate_groups(
+    hashes: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE, aspects: np.ndarray | None = None
+) -> np.ndarray:
+    """Group index per image: images linked by a chain of near-duplicates share one.
+
+    ``aspects`` (width / height per image), when given, keeps images of different shapes
+    apart whatever their hashes.
+    """
     n = len(hashes)
     parent = np.arange(n)
 
@@ -57,6 +69,9 @@ def duplicate_groups(hashes: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANC
         return i
 
     close = hamming_matrix(hashes) <= max_distance
+    if aspects is not None:
+        aspects = np.asarray(aspects, dtype=np.float64)
+        close &= np.abs(aspects[:, None] / aspects[None, :] - 1.0) <= MAX_ASPECT_DIFFERENCE
     for i, j in zip(*np.nonzero(np.triu(close, k=1))):
         ri, rj = find(i), find(j)
         if ri != rj:
@@ -84,7 +99,7 @@ def mark_duplicates(cohort: Cohort, max_distance: int = DEFAULT_MAX_DISTANCE, pr
     Run it on a combined study to find duplicates across cohorts too.
     """
     hashes = image_hashes(cohort, progress)
-    groups = duplicate_groups(hashes, max_distance)
+    groups = duplicate_groups(hashes, max_distance, (cohort.table["width"] / cohort.table["height"]).to_numpy())
     sizes = np.bincount(groups)
     table = cohort.table
     table["phash"] = [f"{int(h):016x}" for h in hashes]
