@@ -1,0 +1,153 @@
+"""Experiment configs: YAML validated into typed objects, with errors that name the bad key.
+
+One config describes one model: which cohorts and how to split them, which encoder and
+heads, which losses and loss balancer, how to train. Unknown keys are errors (a typo
+must not silently fall back to a default).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file that does not validate; the message names file, key and problem."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SyntheticOptions(Strict):
+    n_sites: int = Field(3, ge=1)
+    cases_per_site: int = Field(120, ge=4)
+    image_size: int = Field(192, ge=32)
+    seed: int = 0
+
+
+class SplitConfig(Strict):
+    """How cases are divided; always patient- and duplicate-group-disjoint.
+
+    holdout: a stratified test fraction; kfold: fold ``fold`` of ``k`` is the test set;
+    official: a dataset's own folds (``name`` e.g. ``busbra:official_5fold``);
+    sites: whole sites as test (``test_sites``), the rest for training.
+    Validation cases for early stopping come from the training part (``val_fraction``).
+    """
+
+    kind: Literal["holdout", "kfold", "official", "sites"] = "holdout"
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    k: int = Field(5, ge=2)
+    fold: int = Field(0, ge=0)
+    name: str | None = None
+    test_sites: list[str] = []
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    seed: int = 0
+
+
+class DataConfig(Strict):
+    """``cohorts``: dataset folders (layout detected) or ``synthetic`` for the generator."""
+
+    cohorts: list[str] = ["synthetic"]
+    synthetic: SyntheticOptions = SyntheticOptions()
+    image_size: int = Field(128, ge=32)
+    classes: Literal["binary", "three"] = "binary"
+    split: SplitConfig = SplitConfig()
+    deduplicate: bool = True
+    metadata_inputs: list[str] | None = None  # None: every non-outcome column
+    opt_in_outcomes: list[str] = []
+    radiomics: str | None = None  # a parquet table from `senolab radiomics extract`
+    augment: bool = True
+    strict: bool = False
+
+
+class HeadsConfig(Strict):
+    classification: bool = True
+    segmentation: bool = True
+    bbox: bool = True
+
+    @model_validator(mode="after")
+    def _one_head(self):
+        if not (self.classification or self.segmentation or self.bbox):
+            raise ValueError("at least one head must be enabled")
+        return self
+
+
+class ModelConfig(Strict):
+    encoder: str = "unet"
+    encoder_options: dict[str, Any] = {}
+    checkpoint: str | None = None  # a local encoder checkpoint, never a hub name
+    heads: HeadsConfig = HeadsConfig()
+    fusion: str | None = None
+    fusion_options: dict[str, Any] = {}
+
+
+class LossConfig(Strict):
+    classification: Literal["ce", "focal"] = "ce"
+    focal_gamma: float = Field(2.0, ge=0)
+    balancer: str = "uncertainty"
+    balancer_options: dict[str, Any] = {}
+
+
+class EarlyStopping(Strict):
+    metric: str = "val_score"  # mean of validation AUC and Dice, over enabled heads
+    patience: int = Field(5, ge=1)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    grad_clip: float | None = Field(5.0, gt=0)
+    early_stopping: EarlyStopping = EarlyStopping()
+    time_budget_s: float | None = Field(None, gt=0)  # stop after this much training time
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class EvaluationConfig(Strict):
+    bootstrap: int = Field(1000, ge=0)
+    seed: int = 0
+
+
+class ExperimentConfig(Strict):
+    name: str = "experiment"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
+    """Read and validate a YAML config; ``overrides`` are merged in (nested dicts)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return parse_config(_merge(raw, overrides or {}), source=str(path))
+
+
+def parse_config(raw: dict, source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{source}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
