@@ -29,10 +29,8 @@ def run_describe(args: argparse.Namespace) -> int:
     from senolab.cohorts.describe import describe, describe_figure, format_table
     from senolab.cohorts.readers import read_cohort
     from senolab.cohorts.schema import CohortError
-    from senolab.cohorts.synthetic import SyntheticConfig, generate
-
     try:
-        cohorts = [read_cohort(root, strict=args.strict) for root in args.roots] or [generate(SyntheticConfig())]
+        cohorts = [read_cohort(root, strict=args.strict) for root in args.roots] or [_synthetic_default()]
     except CohortError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -46,3 +44,9 @@ def run_describe(args: argparse.Namespace) -> int:
         path = describe_figure(cohorts, args.figure)
         print(f"figure: {path.resolve()}", file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _synthetic_default():
+    from senolab.cohorts.synthetic import SyntheticConfig, generate
+
+    return generate(SyntheticConfig())

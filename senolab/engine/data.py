@@ -1,0 +1,135 @@
+"""From a data config to leakage-checked train / validation / test datasets.
+
+Everything fitted on data (metadata standardisation, radiomics standardisation) is fitted
+on the training part only; the three parts are checked to share no patient and no
+near-duplicate group before anything is trained.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from senolab.cohorts.dataset import BINARY, CohortDataset
+from senolab.cohorts.dedup import mark_duplicates
+from senolab.cohorts.readers import read_cohort
+from senolab.cohorts.schema import LABELS, Cohort, combine
+from senolab.cohorts.splits import check_leakage, holdout, patient_kfold
+from senolab.cohorts.tabular import MetadataEncoder
+from senolab.engine.config import DataConfig, SplitConfig
+
+PARTS = ("train", "val", "test")
+CLASSES = {"binary": BINARY, "three": LABELS}
+
+
+def load_cohorts(config: DataConfig, progress: bool = True) -> Cohort:
+    """Read every configured cohort (or generate the synthetic one) into one table."""
+    cohorts = [_load_one(name, config) for name in config.cohorts]
+    cohort = cohorts[0] if len(cohorts) == 1 else combine(cohorts)
+    if config.deduplicate:
+        mark_duplicates(cohort, progress=progress)
+    return cohort
+
+
+def _load_one(name: str, config: DataConfig) -> Cohort:
+    if name == "synthetic":
+        from senolab.cohorts.synthetic import SyntheticConfig, generate
+
+        return generate(SyntheticConfig(**config.synthetic.model_dump()))
+    return read_cohort(name, strict=config.strict)
+
+
+def assign_parts(table: pd.DataFrame, split: SplitConfig, cohort: Cohort | None = None) -> pd.Series:
+    """'train' / 'val' / 'test' per case_id, patient- and duplicate-disjoint."""
+    test = _test_mask(table, split, cohort)
+    parts = pd.Series(np.where(test, "test", "train"), index=table["case_id"].values, name="part")
+    train_rows = table[~test]
+    if len(train_rows):
+        val = holdout(train_rows, split.val_fraction, seed=split.seed + 1)
+        parts.loc[val.index[val == "test"]] = "val"
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        check_leakage(table, parts.index[parts == a], parts.index[parts == b])
+    return parts
+
+
+def _test_mask(table: pd.DataFrame, split: SplitConfig, cohort: Cohort | None) -> np.ndarray:
+    if split.kind == "holdout":
+        return (holdout(table, split.test_fraction, seed=split.seed).loc[table["case_id"]] == "test").to_numpy()
+    if split.kind == "kfold":
+        if split.fold >= split.k:
+            raise ValueError(f"split.fold {split.fold} is out of range for k={split.k}")
+        return (patient_kfold(table, split.k, seed=split.seed).loc[table["case_id"]] == split.fold).to_numpy()
+    if split.kind == "official":
+        if cohort is None or split.name not in cohort.splits:
+            known = sorted(cohort.splits) if cohort is not None else []
+            raise ValueError(f"split.name {split.name!r} is not an official split of these cohorts; known: {known}")
+        folds = cohort.splits[split.name]
+        return table["case_id"].map(folds).eq(split.fold).to_numpy()
+    unknown = sorted(set(split.test_sites) - set(table["site"]))
+    if unknown or not split.test_sites:
+        raise ValueError(f"split.test_sites {split.test_sites} must name sites among {sorted(table['site'].unique())}")
+    return table["site"].isin(split.test_sites).to_numpy()
+
+
+@dataclass
+class PreparedData:
+    cohort: Cohort
+    parts: pd.Series
+    classes: tuple[str, ...]
+    metadata: MetadataEncoder | None
+    radiomics: pd.DataFrame | None
+    sites: list[str]
+    image_size: int
+    augment: bool
+
+    def case_ids(self, part: str) -> list[str]:
+        return self.parts.index[self.parts == part].tolist()
+
+    def dataset(self, part: str, augment: bool | None = None, labelled: bool = True, seed: int = 0) -> CohortDataset:
+        augment = (self.augment and part == "train") if augment is None else augment
+        return CohortDataset(
+            self.cohort, self.case_ids(part), size=self.image_size, augment=augment, seed=seed,
+            classes=self.classes, metadata=self.metadata, radiomics=self.radiomics, sites=self.sites,
+            labelled=labelled,
+        )
+
+    def loader(self, part: str, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0,
+               **dataset_options) -> DataLoader:
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(
+            self.dataset(part, seed=seed, **dataset_options), batch_size=batch_size, shuffle=shuffle,
+            generator=generator, num_workers=num_workers, persistent_workers=num_workers > 0,
+        )
+
+
+def prepare(config: DataConfig, cohort: Cohort | None = None, progress: bool = True) -> PreparedData:
+    """Load (unless given), split, and fit the tabular encoders on the training part."""
+    cohort = cohort if cohort is not None else load_cohorts(config, progress)
+    parts = assign_parts(cohort.table, config.split, cohort)
+    train_rows = cohort.table[cohort.table["case_id"].isin(parts.index[parts == "train"])]
+    metadata = None
+    if cohort.columns:
+        metadata = MetadataEncoder(cohort.columns, config.metadata_inputs, config.opt_in_outcomes).fit(train_rows)
+    radiomics = None
+    if config.radiomics:
+        radiomics = _standardised_radiomics(config.radiomics, train_rows["case_id"])
+    return PreparedData(cohort, parts, CLASSES[config.classes], metadata, radiomics,
+                        sorted(cohort.table["site"].unique()), config.image_size, config.augment)
+
+
+def _standardised_radiomics(path: str, train_ids: pd.Series) -> pd.DataFrame:
+    """One row of features per case (its first lesion), z-scored on the training cases.
+
+    Missing features (normal images, failed extractions) become 0, the training mean.
+    """
+    from senolab.radiomics import feature_columns, load_features
+
+    table = load_features(path)
+    first = table.sort_values("lesion_index").groupby("case_id").first()
+    features = first[feature_columns(table)].astype(np.float64)
+    train = features.reindex(train_ids)
+    mean, std = train.mean(), train.std().replace(0, 1).fillna(1)
+    return ((features - mean) / std).fillna(0.0)
