@@ -546,6 +546,25 @@ def test_binary_table_with_one_probability_column():
     assert ev.settings["positive_class"] == "malignant"
 
 
+def test_unlabelled_cases_count_for_segmentation_only():
+    # A benign/malignant task: normal images have no class target (label NaN) but are the
+    # lesion-free images on which false-positive segmentations show.
+    rng = np.random.default_rng(10)
+    y, s = _binary_scores(60, rng)
+    p = 1 / (1 + np.exp(-s))
+    normal = np.arange(60) >= 40
+    df = pd.DataFrame({"case_id": range(60), "patient_id": range(60), "site": "A",
+                       "label": np.where(normal, np.nan, y), "prob_benign": 1 - p, "prob_malignant": p,
+                       "lesion_present": ~normal, "dice": np.where(normal, np.nan, 0.8),
+                       "pred_area_px": np.where(normal, (np.arange(60) % 2) * 10.0, 50.0)})
+    agg = evaluate(df, n_resamples=20, progress=False).aggregates["model"]["A"]
+    assert agg["auc"]["value"] == pytest.approx(skm.roc_auc_score(y[~normal], p[~normal]))
+    assert agg["auc"]["n"] == agg["accuracy"]["n"] == 40
+    assert agg["fp_rate_lesion_free"]["n"] == 20 and agg["fp_rate_lesion_free"]["value"] == pytest.approx(0.5)
+    compared = compare_methods(pd.concat([df.assign(method="a"), df.assign(method="b")]), "a", "b")
+    assert compared.set_index("site").loc[POOLED, "n_cases"] == 40
+
+
 # --------------------------------------------------------------------------- plots
 
 

@@ -35,10 +35,11 @@ import numpy as np
 import pandas as pd
 
 from senolab.cohorts.schema import LABELS
-from senolab.evaluation.metrics import CaseArrays, all_cases, metrics_of_kind, register_metric, safe_ratio
+from senolab.evaluation.metrics import CaseArrays, metrics_of_kind, register_metric, safe_ratio
 
 KIND = "classification"
 PROB_PREFIX = "prob_"
+UNLABELLED = -1  # the label index of a case without a classification target
 DEFAULT_ECE_BINS = 15
 # Softmax outputs sum to one; a looser sum means the columns are not one distribution.
 PROB_SUM_TOLERANCE = 1e-3
@@ -93,24 +94,29 @@ def class_probabilities(table: pd.DataFrame, columns: Sequence[str]) -> np.ndarr
 
 
 def class_labels(table: pd.DataFrame, n_classes: int, names: Sequence[str]) -> np.ndarray:
-    """(n,) int labels from the ``label`` column, checked to index ``names``."""
+    """(n,) int labels from the ``label`` column, checked to index ``names``.
+
+    A missing label (NaN: an unlabelled image, or one outside the task's classes) becomes
+    :data:`UNLABELLED`; such cases enter no classification metric but still count for
+    segmentation.
+    """
     if "label" not in table.columns:
         raise ValueError("prediction table has probability columns but no 'label' column")
     raw = table["label"]
-    if not pd.api.types.is_numeric_dtype(raw) or raw.isna().any():
+    if not pd.api.types.is_numeric_dtype(raw):
         raise ValueError(
-            f"'label' must hold integer class indices into {list(names)}, without missing values; "
-            f"got dtype {raw.dtype} with {int(raw.isna().sum())} missing"
+            f"'label' must hold integer class indices into {list(names)} (NaN when unlabelled); got dtype {raw.dtype}"
         )
     values = raw.to_numpy(dtype=float)
-    outside = (values != np.round(values)) | (values < 0) | (values >= n_classes)
+    known = ~np.isnan(values)
+    outside = known & ((values != np.round(values)) | (values < 0) | (values >= n_classes))
     if outside.any():
         row = int(np.flatnonzero(outside)[0])
         raise ValueError(
-            f"'label' must be an integer in 0..{n_classes - 1} (indices into {list(names)}); "
+            f"'label' must be an integer in 0..{n_classes - 1} (indices into {list(names)}) or NaN; "
             f"case {table['case_id'].iloc[row] if 'case_id' in table else row} has {values[row]}"
         )
-    return values.astype(int)
+    return np.where(known, values, UNLABELLED).astype(int)
 
 
 def predicted_classes(probs: np.ndarray) -> np.ndarray:
@@ -176,12 +182,33 @@ def reliability_table(labels: np.ndarray, probs: np.ndarray, n_bins: int = DEFAU
 # --------------------------------------------------------------------------- metrics
 
 
-def _has_classes(cases: CaseArrays) -> bool:
-    return cases.probs is not None
+def _labelled(cases: CaseArrays) -> np.ndarray:
+    return cases.labels != UNLABELLED
+
+
+def _has_labels(cases: CaseArrays) -> bool:
+    return cases.probs is not None and bool(_labelled(cases).any())
 
 
 def _has_three_or_more(cases: CaseArrays) -> bool:
-    return cases.n_classes > 2
+    return _has_labels(cases) and cases.n_classes > 2
+
+
+def _classification_metric(name: str, *, higher_is_better: bool, applies=_has_labels):
+    """Register ``compute`` as a metric of the labelled cases only (the others have no target)."""
+
+    def add(compute):
+        def on_labelled(cases: CaseArrays, w: np.ndarray) -> np.ndarray:
+            rows = _labelled(cases)
+            return compute(cases.subset(rows), w[:, rows])
+
+        on_labelled.__doc__ = compute.__doc__
+        register_metric(name, kind=KIND, higher_is_better=higher_is_better, support=_labelled, applies=applies)(
+            on_labelled
+        )
+        return compute
+
+    return add
 
 
 def _confusion(cases: CaseArrays, w: np.ndarray) -> np.ndarray:
@@ -197,7 +224,7 @@ def _positive_counts(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return tp, fn, fp, tn
 
 
-@register_metric("auc", kind=KIND, higher_is_better=True, support=all_cases, applies=_has_classes)
+@_classification_metric("auc", higher_is_better=True)
 def _auc(cases: CaseArrays, w: np.ndarray) -> np.ndarray:
     """ROC AUC; one-vs-rest macro mean for more than two classes."""
     if cases.n_classes == 2:
@@ -206,21 +233,21 @@ def _auc(cases: CaseArrays, w: np.ndarray) -> np.ndarray:
     return np.mean(per_class, axis=0)  # NaN when any class is absent, as scikit-learn refuses
 
 
-@register_metric("auc_positive", kind=KIND, higher_is_better=True, support=all_cases, applies=_has_three_or_more)
+@_classification_metric("auc_positive", higher_is_better=True, applies=_has_three_or_more)
 def _auc_positive(cases: CaseArrays, w: np.ndarray) -> np.ndarray:
     """One-vs-rest ROC AUC of the positive (last) class."""
     k = cases.n_classes - 1
     return weighted_auc(cases.probs[:, k], cases.labels == k, w)
 
 
-@register_metric("accuracy", kind=KIND, higher_is_better=True, support=all_cases, applies=_has_classes)
+@_classification_metric("accuracy", higher_is_better=True)
 def _accuracy(cases: CaseArrays, w: np.ndarray) -> np.ndarray:
     """Fraction of cases whose argmax class is the true class."""
     conf = _confusion(cases, w)
     return safe_ratio(np.trace(conf, axis1=1, axis2=2), conf.sum(axis=(1, 2)))
 
 
-@register_metric("balanced_accuracy", kind=KIND, higher_is_better=True, support=all_cases, applies=_has_classes)
+@_classification_metric("balanced_accuracy", higher_is_better=True)
 def _balanced_accuracy(cases: CaseArrays, w: np.ndarray) -> np.ndarray:
     """Mean per-class recall over the classes present in the truth."""
     conf = _confusion(cases, w)
@@ -229,21 +256,21 @@ def _balanced_accuracy(cases: CaseArrays, w: np.ndarray) -> np.ndarray:
     return safe_ratio(np.where(present, recall, 0.0).sum(axis=1), present.sum(axis=1).astype(float))
 
 
-@register_metric("sensitivity", kind=KIND, higher_is_better=True, support=all_cases, applies=_has_classes)
+@_classification_metric("sensitivity", higher_is_better=True)
 def _sensitivity(cases: CaseArrays, w: np.ndarray) -> np.ndarray:
     """Recall of the positive (last) class: TP / (TP + FN)."""
     tp, fn, _, _ = _positive_counts(_confusion(cases, w))
     return safe_ratio(tp, tp + fn)
 
 
-@register_metric("specificity", kind=KIND, higher_is_better=True, support=all_cases, applies=_has_classes)
+@_classification_metric("specificity", higher_is_better=True)
 def _specificity(cases: CaseArrays, w: np.ndarray) -> np.ndarray:
     """Recall of the other classes against the positive one: TN / (TN + FP)."""
     _, _, fp, tn = _positive_counts(_confusion(cases, w))
     return safe_ratio(tn, tn + fp)
 
 
-@register_metric("f1", kind=KIND, higher_is_better=True, support=all_cases, applies=_has_classes)
+@_classification_metric("f1", higher_is_better=True)
 def _f1(cases: CaseArrays, w: np.ndarray) -> np.ndarray:
     """F1 of the positive class (binary) or macro F1 over classes seen (K > 2)."""
     conf = _confusion(cases, w)
@@ -257,7 +284,7 @@ def _f1(cases: CaseArrays, w: np.ndarray) -> np.ndarray:
     return safe_ratio(np.where(seen, per_class, 0.0).sum(axis=1), seen.sum(axis=1).astype(float))
 
 
-@register_metric("ece", kind=KIND, higher_is_better=False, support=all_cases, applies=_has_classes)
+@_classification_metric("ece", higher_is_better=False)
 def _ece(cases: CaseArrays, w: np.ndarray) -> np.ndarray:
     """Top-label expected calibration error, equal-width bins."""
     return weighted_ece(cases.labels, cases.probs, cases.ece_bins, w)

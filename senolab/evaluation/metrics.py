@@ -59,8 +59,8 @@ class Metric:
 
     ``compute(cases, w)`` returns (B,) values for the (B, n) weights ``w``, NaN where a
     resample is degenerate (e.g. one class only for an AUC). ``support(cases)`` is the
-    (n,) mask of the cases that enter the metric (all of them for classification, the
-    images with a lesion for Dice). ``applies(cases)`` says whether the metric can be
+    (n,) mask of the cases that enter the metric (the labelled cases for classification,
+    the images with a lesion for Dice). ``applies(cases)`` says whether the metric can be
     computed at all for this table.
     """
 
@@ -117,10 +117,6 @@ def safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 def weighted_mean(values: np.ndarray, valid: np.ndarray, w: np.ndarray) -> np.ndarray:
     """(B,) weighted means of ``values`` over the ``valid`` cases; NaN where no weight."""
     return safe_ratio(w @ np.where(valid, values, 0.0), w @ valid.astype(float))
-
-
-def all_cases(cases: CaseArrays) -> np.ndarray:
-    return np.ones(len(cases), dtype=bool)
 
 
 def registered_metrics() -> list[Metric]:

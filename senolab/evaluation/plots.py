@@ -15,6 +15,7 @@ from sklearn.metrics import roc_curve
 
 from senolab.evaluation.classification import (
     DEFAULT_ECE_BINS,
+    UNLABELLED,
     class_labels,
     class_names,
     class_probabilities,
@@ -27,7 +28,7 @@ from senolab.evaluation.report import POOLED, site_groups, validate_predictions
 
 
 def _one_method(predictions: pd.DataFrame, method: str | None, classes: Sequence[str] | None):
-    """(table of one method, labels, probs, class names), validated."""
+    """(labelled cases of one method, their labels, probs, class names), validated."""
     table = validate_predictions(predictions)
     methods = sorted(table["method"].unique())
     if method is None and len(methods) > 1:
@@ -41,7 +42,9 @@ def _one_method(predictions: pd.DataFrame, method: str | None, classes: Sequence
         raise ValueError("plots of classification need prob_<class> columns")
     names = class_names(columns)
     probs = class_probabilities(table, columns)
-    return table, class_labels(table, probs.shape[1], names), probs, names
+    labels = class_labels(table, probs.shape[1], names)
+    labelled = labels != UNLABELLED
+    return table[labelled].reset_index(drop=True), labels[labelled], probs[labelled], names
 
 
 def _save(fig: Figure, path: str | Path) -> Path:

@@ -3,7 +3,9 @@
 The prediction table has one row per case (and method) with at least ``case_id``,
 ``patient_id`` and ``site``; ``method`` is optional (one method, :data:`DEFAULT_METHOD`,
 when absent). Classification needs ``label`` and the ``prob_<class>`` columns
-(:mod:`senolab.evaluation.classification`); segmentation needs ``lesion_present`` and
+(:mod:`senolab.evaluation.classification`); a case whose label is missing (NaN: an
+unlabelled image, or a normal image in a benign/malignant task) enters no
+classification metric but still counts for segmentation. Segmentation needs ``lesion_present`` and
 any of the per-case columns of :mod:`senolab.evaluation.segmentation` (``dice``,
 ``iou``, ``hd95_px``, ``hd95_mm``, ``box_iou``, ``pred_area_px``,
 ``pred_area_fraction``), as written by ``segmentation_case_metrics``.
@@ -37,6 +39,7 @@ from tqdm.auto import tqdm
 from senolab.evaluation.bootstrap import DEFAULT_CI_LEVEL, DEFAULT_RESAMPLES, bootstrap
 from senolab.evaluation.classification import (
     DEFAULT_ECE_BINS,
+    UNLABELLED,
     class_labels,
     class_names,
     class_probabilities,
@@ -267,7 +270,8 @@ def compare_methods(
 ) -> pd.DataFrame:
     """DeLong's test of the positive-class AUC of two methods, per site and pooled.
 
-    Both methods must have predictions for the same cases (a paired test). Sites with
+    Both methods must have predictions for the same cases (a paired test); unlabelled
+    cases are left out. Sites with
     fewer than two positive or negative cases get NaN. Cases are taken as independent
     (see :mod:`senolab.evaluation.delong`).
     """
@@ -289,8 +293,11 @@ def compare_methods(
             f"{len(set(a.index) ^ set(b.index))} cases differ"
         )
     b = b.loc[a.index]
+    labels = class_labels(a.reset_index(), len(names), names)
+    labelled = labels != UNLABELLED
+    a, b = a[labelled], b[labelled]
     positive = len(names) - 1
-    labels = (class_labels(a.reset_index(), len(names), names) == positive).astype(int)
+    labels = (labels[labelled] == positive).astype(int)
     score_a = class_probabilities(a.reset_index(), columns)[:, positive]
     score_b = class_probabilities(b.reset_index(), columns)[:, positive]
     rows = []
