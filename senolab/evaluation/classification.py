@@ -2,7 +2,8 @@
 
 The table carries one ``prob_<class>`` column per class, in class order, and ``label``:
 the index of the true class in that order (``LABELS`` for three classes, (benign,
-malignant) for the binary task, as in the batch contract). A binary table may instead
+malignant) for the binary task, as in the batch contract), or NaN for a case without a
+class target, which then enters no classification metric. A binary table may instead
 carry only the positive class's column (e.g. ``prob_malignant``); the other class's
 probability is its complement.
 
