@@ -1,0 +1,15 @@
+"""Fusion of images with clinical metadata and radiomics, and the fusion ablation study.
+
+Registry :data:`FUSIONS`: ``image_only``, ``tabular_only``, ``concat``, ``decision``,
+``cross_attention``, ``graph`` (torch-geometric, imported when a graph is built). Build one
+with :func:`build_fusion` and hand it to :class:`senolab.models.MultiTaskModel`.
+"""
+from senolab.fusion.base import FUSIONS, Fusion, build_fusion, fusion_options
+from senolab.fusion.tabular import MetadataTokeniser, RadiomicsTokeniser, TabularEncoder, TabularInputs, Tokens
+from senolab.fusion import late, cross_attention, graph  # noqa: F401  (register the fusions)
+from senolab.fusion.graph import refresh_population
+
+__all__ = [
+    "FUSIONS", "Fusion", "MetadataTokeniser", "RadiomicsTokeniser", "TabularEncoder", "TabularInputs", "Tokens",
+    "build_fusion", "fusion_options", "refresh_population",
+]
