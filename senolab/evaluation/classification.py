@@ -72,6 +72,10 @@ def class_names(columns: Sequence[str]) -> list[str]:
     return [f"not_{names[0]}", names[0]] if len(names) == 1 else names
 
 
+def _case_name(table: pd.DataFrame, row: int) -> str:
+    return str(table["case_id"].iloc[row]) if "case_id" in table.columns else f"row {row}"
+
+
 def class_probabilities(table: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
     """(n, K) probabilities from the given columns, validated; K >= 2."""
     probs = table[list(columns)].to_numpy(dtype=float)
@@ -80,7 +84,7 @@ def class_probabilities(table: pd.DataFrame, columns: Sequence[str]) -> np.ndarr
         row, col = np.argwhere(bad)[0]
         raise ValueError(
             f"{columns[col]} must be a probability in [0, 1]; case "
-            f"{table['case_id'].iloc[row] if 'case_id' in table else row} has {probs[row, col]}"
+            f"{_case_name(table, row)} has {probs[row, col]}"
         )
     if probs.shape[1] == 1:
         return np.column_stack([1.0 - probs[:, 0], probs[:, 0]])
@@ -89,7 +93,7 @@ def class_probabilities(table: pd.DataFrame, columns: Sequence[str]) -> np.ndarr
         row = int(np.flatnonzero(off)[0])
         raise ValueError(
             f"probability columns {list(columns)} must sum to 1 per case (softmax outputs); "
-            f"case {table['case_id'].iloc[row] if 'case_id' in table else row} sums to {probs[row].sum():.4f}"
+            f"case {_case_name(table, row)} sums to {probs[row].sum():.4f}"
         )
     return probs
 
@@ -115,7 +119,7 @@ def class_labels(table: pd.DataFrame, n_classes: int, names: Sequence[str]) -> n
         row = int(np.flatnonzero(outside)[0])
         raise ValueError(
             f"'label' must be an integer in 0..{n_classes - 1} (indices into {list(names)}) or NaN; "
-            f"case {table['case_id'].iloc[row] if 'case_id' in table else row} has {values[row]}"
+            f"case {_case_name(table, row)} has {values[row]}"
         )
     return np.where(known, values, UNLABELLED).astype(int)
 
