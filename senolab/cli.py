@@ -8,6 +8,7 @@ import sys
 # One line per sub-package that has commands; each module exposes register(subparsers).
 COMMAND_MODULES = [
     "senolab.cohorts.cli",
+    "senolab.engine.cli",
 ]
 
 

@@ -23,9 +23,16 @@ class Strict(BaseModel):
 
 class SyntheticOptions(Strict):
     n_sites: int = Field(3, ge=1)
-    cases_per_site: int = Field(120, ge=4)
-    image_size: int = Field(192, ge=32)
+    images_per_site: int = Field(120, ge=4)
+    image_size: int = Field(192, ge=64)
     seed: int = 0
+
+    def build(self):
+        """The generator's own config (site profiles from ``default_sites``)."""
+        from senolab.cohorts.synthetic import SyntheticConfig, default_sites
+
+        return SyntheticConfig(sites=default_sites(self.n_sites), images_per_site=self.images_per_site,
+                               image_size=self.image_size, seed=self.seed)
 
 
 class SplitConfig(Strict):

@@ -36,9 +36,9 @@ def load_cohorts(config: DataConfig, progress: bool = True) -> Cohort:
 
 def _load_one(name: str, config: DataConfig) -> Cohort:
     if name == "synthetic":
-        from senolab.cohorts.synthetic import SyntheticConfig, generate
+        from senolab.cohorts.synthetic import generate
 
-        return generate(SyntheticConfig(**config.synthetic.model_dump()))
+        return generate(config.synthetic.build())
     return read_cohort(name, strict=config.strict)
 
 

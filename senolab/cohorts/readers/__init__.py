@@ -35,4 +35,4 @@ def expected_layouts() -> str:
 
 def _import_all() -> None:
     # Importing the modules registers the readers.
-    from senolab.cohorts.readers import breast, busbra, busi  # noqa: F401
+    from senolab.cohorts.readers import breast, busbra, busi, synthetic  # noqa: F401

@@ -1,0 +1,99 @@
+"""One model end to end: prepare data, train, predict the test part, evaluate, write the run.
+
+The run directory is complete on its own (DESIGN.md): ``config.yaml``, ``best.pt`` and
+``last.pt``, ``history.csv`` (losses, validation metrics and per-task loss weights per
+epoch), ``predictions.parquet`` (one row per test case), ``summary.json`` and
+``results.csv``, and ``preprocessing.json`` (what was fitted on the training part, so
+``senolab evaluate`` can apply the model to another cohort).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from senolab.cohorts.readers import read_cohort
+from senolab.engine.config import ExperimentConfig
+from senolab.engine.data import PreparedData, prepare
+from senolab.engine.predict import predict
+from senolab.engine.trainer import Trainer, model_from_config, pick_device
+from senolab.evaluation import evaluate
+
+
+def train_and_evaluate(config: ExperimentConfig, out_dir: str | Path, progress: bool = True,
+                       data: PreparedData | None = None) -> dict:
+    """Train one model and evaluate it on the test part; returns the summary dict."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+    data = data if data is not None else prepare(config.data, progress=progress)
+    _write_preprocessing(out, data)
+    trainer = Trainer(config, data, out)
+    result = trainer.fit(progress=progress)
+    pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
+    table = predict(result.model, data.loader("test", config.train.batch_size), data, trainer.device)
+    return _write_evaluation(table, out, config, config.model_dump(), progress)
+
+
+def _write_preprocessing(out: Path, data: PreparedData) -> None:
+    state = {"classes": list(data.classes), "sites": data.sites, "image_size": data.image_size,
+             "parts": data.parts.value_counts().to_dict()}
+    if data.metadata is not None:
+        state["metadata"] = {
+            "columns": [{"name": c.name, "kind": c.kind.value, "levels": list(c.levels), "outcome": c.outcome}
+                        for c in data.metadata.columns.values()],
+            "opted_in": data.metadata.opted_in,
+            "mean": data.metadata.mean_.tolist(), "scale": data.metadata.scale_.tolist()}
+    (out / "preprocessing.json").write_text(json.dumps(state, indent=1))
+    data.parts.to_frame().to_csv(out / "split.csv", index_label="case_id")
+
+
+def evaluate_run(run_dir: str | Path, root: str | Path, out_dir: str | Path, progress: bool = True) -> dict:
+    """Apply a trained run to every case of the cohort at ``root`` (none of it trained on)."""
+    import torch
+
+    from senolab.engine.config import load_config
+    from senolab.engine.checkpoint import load_checkpoint
+
+    run_dir, out = Path(run_dir), Path(out_dir)
+    config = load_config(run_dir / "config.yaml")
+    state = json.loads((run_dir / "preprocessing.json").read_text())
+    cohort = read_cohort(root, strict=config.data.strict)
+    parts = pd.Series("test", index=cohort.table["case_id"].values, name="part")
+    data = PreparedData(cohort, parts, tuple(state["classes"]), _restored_metadata(state.get("metadata")), None,
+                        state["sites"], state["image_size"], augment=False)
+    device = pick_device(config.train.device)
+    model = model_from_config(config, data).to(device)
+    model.load_state_dict(load_checkpoint(run_dir / "best.pt", device)["model"])
+    table = predict(model, data.loader("test", config.train.batch_size), data, device)
+    out.mkdir(parents=True, exist_ok=True)
+    return _write_evaluation(table, out, config, {**config.model_dump(), "evaluated_on": str(root),
+                                                  "trained_run": str(run_dir)}, progress)
+
+
+def _write_evaluation(table: pd.DataFrame, out: Path, config: ExperimentConfig, summary_config: dict,
+                      progress: bool) -> dict:
+    """predictions.parquet, summary.json and results.csv of one evaluated model."""
+    table = table.assign(method="erm")
+    table.to_parquet(out / "predictions.parquet")
+    evaluation = evaluate(table.drop(columns=["label_name"]), n_resamples=config.evaluation.bootstrap, seed=config.evaluation.seed,
+                          progress=progress)
+    evaluation.write(out, summary_config)
+    return json.loads((out / "summary.json").read_text())
+
+
+def _restored_metadata(state: dict | None):
+    """The training run's metadata encoder; a cohort lacking a field gets it as missing."""
+    import numpy as np
+
+    from senolab.cohorts.schema import Column, Kind
+    from senolab.cohorts.tabular import MetadataEncoder
+
+    if state is None:
+        return None
+    columns = {c["name"]: Column(c["name"], Kind(c["kind"]), tuple(c["levels"]), c["outcome"]) for c in state["columns"]}
+    encoder = MetadataEncoder(columns, list(columns), opt_in=state["opted_in"])
+    encoder.mean_, encoder.scale_ = np.array(state["mean"]), np.array(state["scale"])
+    return encoder

@@ -1,0 +1,232 @@
+"""The training loop: plain PyTorch, every step visible.
+
+AdamW with linear warm-up then cosine decay, gradient clipping, early stopping on a
+validation score, a checkpoint every epoch that stores the config and resumes exactly,
+per-task loss weights logged every epoch, and a progress bar with loss and metrics.
+
+Reproducibility on CPU: the shuffling generator, the augmentation draw and the global
+torch RNG are all re-seeded from (seed, epoch) at the start of each epoch, so a run
+resumed from an epoch checkpoint replays the same batches and dropout masks as one that
+never stopped.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from senolab.adaptation import METHODS, AdaptationMethod
+from senolab.engine.checkpoint import load_checkpoint, save_checkpoint
+from senolab.engine.config import ExperimentConfig
+from senolab.engine.data import PreparedData
+from senolab.engine.predict import predict, validation_score
+from senolab.models import BALANCERS, LossConfig, build_model, multitask_losses
+
+
+def model_from_config(config: ExperimentConfig, data: PreparedData) -> nn.Module:
+    """The multi-task model a config describes, sized for the data's classes and inputs."""
+    heads_cfg = config.model.heads
+    heads = {name: options for name, enabled, options in (
+        ("cls", heads_cfg.classification, {"num_classes": len(data.classes)}),
+        ("seg", heads_cfg.segmentation, {}),
+        ("box", heads_cfg.bbox, {}),
+    ) if enabled}
+    fusion = None
+    if config.model.fusion is not None:
+        from senolab.fusion import build_fusion
+
+        fusion = build_fusion(config.model.fusion, data=data, **config.model.fusion_options)
+    return build_model(config.model.encoder, heads, config.model.encoder_options, config.model.checkpoint, fusion)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    """Multiplier of the base learning rate at each step."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    method: AdaptationMethod
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_score: float = float("-inf")
+    stopped_early: bool = False
+
+
+class Trainer:
+    """Trains one multi-task model (optionally with a domain-adaptation method)."""
+
+    def __init__(self, config: ExperimentConfig, data: PreparedData, out_dir: str | Path,
+                 method: str = "erm", method_options: dict | None = None, target_part: str | None = None):
+        self.config, self.data, self.out_dir = config, data, Path(out_dir)
+        self.device = pick_device(config.train.device)
+        seed_everything(config.train.seed)
+        self.model = model_from_config(config, data).to(self.device)
+        self.balancer = BALANCERS.build(config.loss.balancer, tasks=self.model.tasks, **config.loss.balancer_options)
+        self.loss_config = LossConfig(focal_gamma=config.loss.focal_gamma if config.loss.classification == "focal" else 0.0)
+        self.method = METHODS.build(method, **(method_options or {}))
+        self.target_part = target_part  # e.g. "test" for unlabelled target-site images
+        self.train_loader = data.loader("train", config.train.batch_size, shuffle=True, seed=config.train.seed,
+                                        num_workers=config.train.num_workers)
+        self.target_loader = None
+        if self.method.needs_target or self.method.transductive:
+            if target_part is None:
+                raise ValueError(f"method {method!r} needs unlabelled target images: give target_part")
+            self.target_loader = data.loader(target_part, config.train.batch_size, shuffle=True,
+                                             seed=config.train.seed + 7, labelled=False,
+                                             num_workers=config.train.num_workers)
+        self.method.prepare(self.model, self.train_loader, self.target_loader)
+        self.method.to(self.device)
+        params = [*self.model.parameters(), *self.method.parameters(), *self.balancer.parameters()]
+        self.optimizer = torch.optim.AdamW(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
+        steps_per_epoch = max(1, len(self.train_loader))
+        self.total_steps = steps_per_epoch * config.train.epochs
+        warmup = int(config.train.warmup_epochs * steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(self.total_steps, warmup))
+
+    # --------------------------------------------------------------------------- loop
+    def fit(self, resume: bool = True, progress: bool = True) -> TrainResult:
+        cfg = self.config.train
+        result = TrainResult(self.model, self.method)
+        start_epoch, bad_epochs, step, elapsed = 0, 0, 0, 0.0
+        last = self.out_dir / "last.pt"
+        if resume and last.exists():
+            start_epoch, bad_epochs, step, elapsed = self._restore(load_checkpoint(last, self.device), result)
+        for epoch in range(start_epoch, cfg.epochs):
+            began = time.perf_counter()
+            self._seed_epoch(epoch)
+            train_losses, step = self._train_epoch(epoch, step, progress)
+            metrics = self._validate()
+            elapsed += time.perf_counter() - began
+            row = {"epoch": epoch, **train_losses, **metrics, "lr": self.scheduler.get_last_lr()[0],
+                   **{f"weight_{k}": v for k, v in self.balancer.weights().items()}, "seconds": elapsed}
+            result.history.append(row)
+            self.balancer.end_epoch({k.removeprefix("loss_"): v for k, v in train_losses.items() if k.startswith("loss_")})
+            score = metrics[cfg.early_stopping.metric]
+            if score > result.best_score:
+                result.best_score, result.best_epoch, bad_epochs = score, epoch, 0
+                save_checkpoint(self.out_dir / "best.pt", model=self.model.state_dict(),
+                                method=self.method.state_dict(), epoch=epoch, score=score,
+                                config=self.config.model_dump())
+            else:
+                bad_epochs += 1
+            out_of_time = cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s
+            result.stopped_early = bad_epochs >= cfg.early_stopping.patience
+            self._save_last(epoch, bad_epochs, step, elapsed, result)
+            if progress:
+                tqdm.write(_format_row(row))
+            if result.stopped_early or out_of_time:
+                break
+        best = load_checkpoint(self.out_dir / "best.pt", self.device)
+        self.model.load_state_dict(best["model"])
+        self.method.load_state_dict(best["method"])
+        return result
+
+    def _seed_epoch(self, epoch: int) -> None:
+        seed = self.config.train.seed * 100_003 + epoch
+        torch.manual_seed(seed)
+        self.train_loader.generator.manual_seed(seed)
+        self.train_loader.dataset.set_epoch(epoch)
+        if self.target_loader is not None:
+            self.target_loader.generator.manual_seed(seed + 1)
+            self.target_loader.dataset.set_epoch(epoch)
+
+    def _train_epoch(self, epoch: int, step: int, progress: bool) -> tuple[dict, int]:
+        self.model.train()
+        self.method.train()
+        sums: dict[str, float] = {}
+        n = 0
+        target_iter = iter(self.target_loader) if self.target_loader is not None else None
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.config.train.epochs}", leave=False,
+                   disable=not progress, unit="batch")
+        for batch in bar:
+            batch = _to_device(batch, self.device)
+            target = None
+            if target_iter is not None:
+                target, target_iter = _next_cycling(target_iter, self.target_loader)
+                target = _to_device(target, self.device)
+            out = self.method(self.model, batch, target, step, self.total_steps)
+            task_losses = multitask_losses(out.source_out, batch, self.loss_config)
+            total = self.balancer.combine(task_losses, self.model.shared_parameters())
+            total = total + sum(out.losses.values(), torch.zeros((), device=self.device))
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if self.config.train.grad_clip:
+                nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.config.train.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            step += 1
+            n += 1
+            logged = {"loss": total.item(), **{f"loss_{k}": v.item() for k, v in task_losses.items()},
+                      **{f"loss_{k}": v.item() for k, v in out.losses.items()}}
+            for k, v in logged.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{logged['loss']:.3f}")
+        return {k: v / max(1, n) for k, v in sums.items()}, step
+
+    def _validate(self) -> dict:
+        loader = self.data.loader("val", self.config.train.batch_size)
+        model = self.method.adapt_for_inference(self.model, None)
+        table = predict(model, loader, self.data, self.device, harmonise=lambda b: self.method.harmonise(b, "source"))
+        return validation_score(table, self.model.tasks)
+
+    # ----------------------------------------------------------------- checkpointing
+    def _save_last(self, epoch: int, bad_epochs: int, step: int, elapsed: float, result: TrainResult) -> None:
+        save_checkpoint(
+            self.out_dir / "last.pt", model=self.model.state_dict(), method=self.method.state_dict(),
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            balancer=self.balancer.state_dict(), epoch=epoch, bad_epochs=bad_epochs, step=step, elapsed=elapsed,
+            best_epoch=result.best_epoch, best_score=result.best_score, history=result.history,
+            config=self.config.model_dump(),
+        )
+
+    def _restore(self, state: dict, result: TrainResult) -> tuple[int, int, int, float]:
+        self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.balancer.load_state_dict(state["balancer"])
+        result.history = list(state["history"])
+        result.best_epoch, result.best_score = state["best_epoch"], state["best_score"]
+        return state["epoch"] + 1, state["bad_epochs"], state["step"], state["elapsed"]
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _next_cycling(iterator, loader):
+    try:
+        return next(iterator), iterator
+    except StopIteration:
+        iterator = iter(loader)
+        return next(iterator), iterator
+
+
+def _format_row(row: dict) -> str:
+    keys = [k for k in row if k.startswith(("loss", "val_", "weight_"))]
+    return f"epoch {row['epoch'] + 1}: " + ", ".join(f"{k}={row[k]:.4g}" for k in keys)
