@@ -300,8 +300,8 @@ class GraphFusion(Fusion):
             self.record(encoded.embedding, batch)
         return out
 
-    def propagate(self, population: Nodes | None, queries: Nodes) -> torch.Tensor:
-        """Node representations of ``[population, queries]`` after the graph layers."""
+    def propagate(self, population: Nodes | None, queries: Nodes | None) -> torch.Tensor:
+        """Node representations of ``[population, queries]`` after the graph layers (either may be None)."""
         nodes = Nodes.cat([population, queries])
         edges = self.graph_edges(population, queries)
         summary, _ = self.tabular(nodes.as_batch(), len(nodes), nodes.image.device)
@@ -317,8 +317,10 @@ class GraphFusion(Fusion):
             return self._edges(everyone, everyone, 0, 0)
         if population is None:
             return torch.zeros(2, 0, dtype=torch.long, device=queries.image.device)
-        n = len(population)
-        return torch.cat([self._edges(population, population, 0, 0), self._edges(queries, population, 0, n)], 1)
+        edges = [self._edges(population, population, 0, 0)]
+        if queries is not None:
+            edges.append(self._edges(queries, population, 0, len(population)))
+        return torch.cat(edges, 1)
 
     def _edges(self, targets: Nodes, sources: Nodes, source_offset: int, target_offset: int) -> torch.Tensor:
         distance = self.edge_rule(targets, sources, self.inputs)
