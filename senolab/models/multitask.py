@@ -26,7 +26,7 @@ DEFAULT_HEADS: dict[str, dict] = {"cls": {"num_classes": 3}, "seg": {}, "box": {
 
 
 class MultiTaskModel(nn.Module):
-    """Encoder (+ fusion) + heads; ``model(image, batch)`` returns the DESIGN.md output dict.
+    """Encoder (+ fusion) + heads; ``model(batch)`` returns the DESIGN.md output dict.
 
     Parameters
     ----------
@@ -59,15 +59,17 @@ class MultiTaskModel(nn.Module):
         """Parameters of the last layer every head depends on (GradNorm measures there)."""
         return list(self.encoder.shared_layer.parameters())
 
-    def forward(self, image: torch.Tensor | Mapping, batch: Mapping | None = None) -> dict[str, torch.Tensor]:
-        # The engine and adaptation methods pass the whole batch dict (DESIGN.md); Captum
-        # and image-only callers pass the image tensor.
-        if isinstance(image, Mapping):
-            image, batch = image["image"], image
-        encoded = self.encoder(image)
+    def forward(self, batch: Mapping) -> dict[str, torch.Tensor]:
+        """The output dict of a batch dict (DESIGN.md).
+
+        The model reads ``batch["image"]``, and its fusion module the tabular entries it
+        needs: one input, so the engine, adaptation methods and Captum wrappers all pass
+        the batch as they have it.
+        """
+        if "image" not in batch:
+            raise KeyError(f"the batch has no 'image' (keys: {sorted(batch)}); the model takes the batch dict")
+        encoded = self.encoder(batch["image"])
         if self.fusion is not None:
-            if batch is None:
-                raise ValueError("this model fuses tabular inputs: call it as model(image, batch)")
             encoded = self.fusion(encoded, batch)
         out = {"embedding": encoded.embedding}
         if encoded.tokens is not None:
