@@ -9,6 +9,7 @@ import sys
 COMMAND_MODULES = [
     "senolab.cohorts.cli",
     "senolab.engine.cli",
+    "senolab.fusion.cli",
 ]
 
 

@@ -109,7 +109,7 @@ def test_every_fusion_runs_forward_backward_with_all_some_and_no_tabular_feature
     model.train()
     for variant, make in VARIANTS.items():
         b = make(batch)
-        out = model(b["image"], b)
+        out = model(b)
         assert out["logits"].shape == (N, 2) and out["seg_logits"].shape == (N, 1, SIZE, SIZE)
         assert out["bbox"].shape == (N, 4) and out["embedding"].shape == (N, model.fusion.embedding_dim)
         for key in ("logits", "embedding", "bbox"):
@@ -127,7 +127,7 @@ def test_every_fusion_runs_forward_backward_with_all_some_and_no_tabular_feature
 def test_cross_attention_reads_the_tokens_of_a_transformer_encoder(encoder_and_batch):
     encoder, batch = encoder_and_batch
     model = small_model("cross_attention", inputs_of(encoder), encoder="hybrid").eval()
-    out = model(batch["image"], batch)
+    out = model(batch)
     assert out["tokens"].shape[0] == N and torch.isfinite(out["logits"]).all()
 
 
@@ -146,14 +146,14 @@ def test_a_masked_out_feature_cannot_change_the_output(name, encoder_and_batch):
     changed["meta_num"][:, age] = torch.linspace(-50, 50, N)
     changed["meta_num"][::2, symptoms[0]] = float("nan")
     with torch.no_grad():
-        reference = model(masked["image"], masked)["logits"]
-        assert torch.equal(model(changed["image"], changed)["logits"], reference)
+        reference = model(masked)["logits"]
+        assert torch.equal(model(changed)["logits"], reference)
         # the same change to a feature that is present does change the output
         present = dict(changed)
         present["meta_num_missing"] = batch["meta_num_missing"].clone()
         present["meta_num_missing"][:, age] = False
         present["meta_num"] = torch.nan_to_num(changed["meta_num"])
-        assert not torch.allclose(model(present["image"], present)["logits"], reference)
+        assert not torch.allclose(model(present)["logits"], reference)
 
 
 @pytest.mark.parametrize("name", sorted(set(FUSIONS.names()) - {"image_only"}))
@@ -161,8 +161,8 @@ def test_a_cohort_without_metadata_is_predicted_as_if_every_field_were_missing(n
     encoder, batch = encoder_and_batch
     model = small_model(name, inputs_of(encoder)).eval()
     with torch.no_grad():
-        absent = model(batch["image"], without_tabular(batch))["logits"]
-        missing = model(batch["image"], with_all_missing(batch))["logits"]
+        absent = model(without_tabular(batch))["logits"]
+        missing = model(with_all_missing(batch))["logits"]
     assert torch.isfinite(absent).all()
     torch.testing.assert_close(absent, missing)
 
@@ -211,7 +211,7 @@ def graph_model(encoder_and_batch, transductive: bool = False, conv: str = "sage
     train = {k: v[:8] for k, v in batch.items()}
     test = {k: v[8:] for k, v in batch.items()}
     model.train()
-    model(train["image"], train)  # records the training population
+    model(train)  # records the training population
     model.eval()
     return model, train, test
 
@@ -227,9 +227,9 @@ def test_inductive_graph_training_nodes_are_unchanged_by_test_nodes(conv, encode
         with_test = fusion.propagate(fusion.population, queries)
         assert torch.equal(with_test[:8], alone)
         # a test case's prediction does not depend on which other test cases come with it
-        together = model(test["image"], test)["logits"]
+        together = model(test)["logits"]
         first = {k: v[:1] for k, v in test.items()}
-        assert torch.allclose(model(first["image"], first)["logits"], together[:1], atol=1e-6)
+        assert torch.allclose(model(first)["logits"], together[:1], atol=1e-6)
 
 
 def test_transductive_graph_lets_test_nodes_change_training_nodes(encoder_and_batch):
@@ -250,7 +250,7 @@ def test_graph_population_survives_a_state_dict_round_trip(encoder_and_batch, tm
     fresh.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
     assert fresh.fusion.population.case_ids == model.fusion.population.case_ids
     with torch.no_grad():
-        torch.testing.assert_close(fresh(test["image"], test)["logits"], model(test["image"], test)["logits"])
+        torch.testing.assert_close(fresh(test)["logits"], model(test)["logits"])
 
 
 def test_graph_edges_never_join_a_case_to_itself_nor_leave_a_test_case(encoder_and_batch):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import replace
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -91,3 +91,24 @@ def fusion_options(factory) -> list[str]:
     if any(p.kind is p.VAR_KEYWORD for p in own.values()):
         names |= set(inspect.signature(TabularBranch).parameters) - {"inputs"}
     return sorted(names - {"image_dim", "inputs", "num_classes"})
+
+
+MODALITIES = ("metadata", "radiomics")
+
+
+def fusion_for_data(name: str, image_dim: int, data, modalities: Sequence[str] = MODALITIES, **options) -> Fusion:
+    """The fusion ``name`` for prepared data (:class:`senolab.engine.data.PreparedData`).
+
+    ``modalities`` (a fusion option in configs) chooses the tabular inputs among
+    ``metadata`` and ``radiomics``; each one asked for must exist in ``data``. The number
+    of classes is the data's.
+    """
+    unknown = sorted(set(modalities) - set(MODALITIES))
+    if unknown:
+        raise ValueError(f"fusion_options.modalities: unknown {unknown}; choose among {list(MODALITIES)}")
+    if "metadata" in modalities and (data.metadata is None or not data.metadata.fields):
+        raise ValueError("fusion_options.modalities asks for metadata, but these cohorts have no metadata inputs")
+    if "radiomics" in modalities and data.radiomics is None:
+        raise ValueError("fusion_options.modalities asks for radiomics, but data.radiomics (a feature table) is not set")
+    inputs = TabularInputs.from_data(data, metadata="metadata" in modalities, radiomics="radiomics" in modalities)
+    return build_fusion(name, image_dim, inputs, len(data.classes), **options)

@@ -1,0 +1,331 @@
+"""The fusion ablation: what metadata and radiomics add to the image model, fused three ways.
+
+``senolab fusion ablate CONFIG --out DIR``. CONFIG is an experiment config (the base
+model, data and training) with an ``ablation`` section::
+
+    ablation:
+      folds: 5                                   # patient-level k-fold
+      fusions: [concat, cross_attention, graph]
+      modalities: [[metadata], [radiomics], [metadata, radiomics]]
+      fusion_options: {graph: {k: 8, conv: sage}}  # per fusion
+      radiomics_params: null                     # pyradiomics parameters, when data.radiomics is unset
+
+Every variant (image only, then each fusion x each modality set) is trained with the
+engine's :class:`~senolab.engine.trainer.Trainer` on the same folds with the same seed,
+and predicts its fold's test part; the out-of-fold predictions of all folds are pooled
+so every case is predicted once per variant. Per variant: AUC (malignant vs benign) with
+a patient-bootstrap interval, and DeLong's paired test against image only.
+
+Outcome columns (BI-RADS, diagnosis, ...) are inputs only when the config opts in by
+name (``data.opt_in_outcomes``), and an opt-in is printed with the results.
+
+Written to DIR: ``results.csv`` (one row per variant: pooled AUC with CI, difference and
+DeLong p against image only), ``ablation.md`` (the same table), ``ablation_auc.png``
+(AUC with CI bars per variant), ``summary.json`` (DESIGN.md shape, per-site aggregates
+of every variant, plus an ``ablation`` section), ``predictions.parquet`` (every
+out-of-fold prediction) and ``runs/fold<k>/<variant>/`` (each run's predictions and
+history; a rerun with the same config reuses them).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from senolab.engine.config import ConfigError, ExperimentConfig, parse_config
+from senolab.fusion.base import FUSIONS, fusion_options
+
+SECTION = "ablation"
+REFERENCE = "image_only"
+Modality = Literal["metadata", "radiomics"]
+
+
+class AblationOptions(BaseModel):
+    """The ``ablation`` section of an ablation config (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    folds: int = Field(5, ge=2)
+    fusions: list[str] = ["concat", "cross_attention", "graph"]
+    modalities: list[list[Modality]] = [["metadata"], ["radiomics"], ["metadata", "radiomics"]]
+    fusion_options: dict[str, dict[str, Any]] = {}
+    radiomics_params: str | None = None
+    radiomics_jobs: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _known_names(self):
+        unknown = [f for f in self.fusions if f not in FUSIONS]
+        if unknown:
+            raise ValueError(f"fusions: unknown {unknown}; known: {FUSIONS.names()}")
+        stray = sorted(set(self.fusion_options) - set(self.fusions))
+        if stray:
+            raise ValueError(f"fusion_options: {stray} are not among the fusions {self.fusions}")
+        for name, options in self.fusion_options.items():
+            bad = sorted(set(options) - set(fusion_options(FUSIONS.get(name))))
+            if bad:
+                raise ValueError(f"fusion_options.{name}: unknown options {bad}; known: {fusion_options(FUSIONS.get(name))}")
+        if any(not m for m in self.modalities):
+            raise ValueError("modalities: every entry must name at least one of metadata, radiomics")
+        return self
+
+    @property
+    def uses_radiomics(self) -> bool:
+        return bool(self.fusions) and any("radiomics" in m for m in self.modalities)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model of the ablation: a fusion (None: the image alone) of some modalities."""
+
+    fusion: str | None
+    modalities: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def transductive(self) -> bool:
+        return bool(self.options.get("transductive", False))
+
+    @property
+    def name(self) -> str:
+        if self.fusion is None:
+            return REFERENCE
+        return "+".join([self.fusion, *self.modalities]) + (" (transductive)" if self.transductive else "")
+
+    @property
+    def slug(self) -> str:
+        return self.name.replace(" (transductive)", "_transductive")
+
+    def configure(self, config: ExperimentConfig) -> ExperimentConfig:
+        """The experiment config of this variant."""
+        options = {**self.options, "modalities": list(self.modalities)} if self.fusion else {}
+        model = config.model.model_copy(update={"fusion": self.fusion, "fusion_options": options})
+        return config.model_copy(update={"model": model})
+
+
+def plan_variants(options: AblationOptions) -> list[Variant]:
+    """Image only first, then every fusion with every modality set."""
+    fused = [Variant(f, tuple(m), dict(options.fusion_options.get(f, {}))) for f in options.fusions for m in options.modalities]
+    return [Variant(None), *fused]
+
+
+def load_ablation(path: str | Path) -> tuple[ExperimentConfig, AblationOptions]:
+    """Read an ablation config: the experiment, and its ``ablation`` section."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    section = raw.pop(SECTION, None)
+    if section is None:
+        raise ConfigError(f"{path}: no '{SECTION}' section; an ablation config needs one (see senolab.fusion.ablation)")
+    try:
+        options = AblationOptions.model_validate(section)
+    except ValidationError as err:
+        lines = [f"{path}: {SECTION}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}".replace(".: ", ": ")
+                 for e in err.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    return parse_config(raw, source=str(path)), options
+
+
+# ------------------------------------------------------------------------- running
+
+
+@dataclass
+class AblationResult:
+    table: pd.DataFrame  # one row per variant
+    summary: dict
+    markdown: str
+    seconds: float
+
+
+def run_ablation(config: ExperimentConfig, options: AblationOptions, out_dir: str | Path,
+                 progress: bool = True) -> AblationResult:
+    """Train and evaluate every variant on every fold; write the results (module docstring)."""
+    from senolab.engine.data import load_cohorts, prepare
+
+    began = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cohort = load_cohorts(config.data, progress)
+    config = _with_radiomics(config, options, cohort, out, progress)
+    variants = plan_variants(options)
+    _check_inputs(cohort, variants)
+    (out / "config.yaml").write_text(yaml.safe_dump({**config.model_dump(), SECTION: options.model_dump()},
+                                                    sort_keys=False))
+    tables, opted_in = [], []
+    for fold in range(options.folds):
+        fold_config = _fold_config(config, options.folds, fold)
+        data = prepare(fold_config.data, cohort=cohort, progress=False)
+        opted_in = data.metadata.opted_in if data.metadata is not None else []
+        for variant in variants:
+            run_dir = out / "runs" / f"fold{fold}" / variant.slug
+            table = _run_variant(variant.configure(fold_config), data, run_dir, progress)
+            tables.append(table.assign(method=variant.name, fold=fold))
+    predictions = pd.concat(tables, ignore_index=True)
+    predictions.to_parquet(out / "predictions.parquet")
+    table, summary, markdown = _report(predictions, variants, config, options, opted_in, out, progress)
+    return AblationResult(table, summary, markdown, time.perf_counter() - began)
+
+
+def _fold_config(config: ExperimentConfig, folds: int, fold: int) -> ExperimentConfig:
+    split = config.data.split.model_copy(update={"kind": "kfold", "k": folds, "fold": fold})
+    return config.model_copy(update={"data": config.data.model_copy(update={"split": split})})
+
+
+def _with_radiomics(config: ExperimentConfig, options: AblationOptions, cohort, out: Path,
+                    progress: bool) -> ExperimentConfig:
+    """Extract (cached) radiomics into DIR/radiomics.parquet when a variant needs them and none are given."""
+    if not options.uses_radiomics or config.data.radiomics is not None:
+        return config
+    from senolab.radiomics import extract_features
+
+    features = extract_features(cohort, options.radiomics_params, jobs=options.radiomics_jobs, progress=progress)
+    path = features.write(out / "radiomics.parquet")
+    if progress:
+        print(features.summary())
+    return config.model_copy(update={"data": config.data.model_copy(update={"radiomics": str(path)})})
+
+
+def _check_inputs(cohort, variants: list[Variant]) -> None:
+    if any("metadata" in v.modalities for v in variants) and not cohort.metadata_columns():
+        raise ValueError(f"cohort {cohort.name!r} has no metadata columns; drop 'metadata' from ablation.modalities")
+
+
+def _run_variant(config: ExperimentConfig, data, run_dir: Path, progress: bool) -> pd.DataFrame:
+    """Test-part predictions of one variant on one fold (reused when this exact run exists)."""
+    from senolab.engine.predict import predict
+    from senolab.engine.trainer import Trainer
+    from senolab.fusion.graph import refresh_population
+
+    done, stamp = run_dir / "predictions.parquet", run_dir / "config.json"
+    fingerprint = json.dumps(config.model_dump(), sort_keys=True, default=str)
+    if done.exists() and stamp.exists() and stamp.read_text() == fingerprint:
+        return pd.read_parquet(done)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="senolab-ablation-") as checkpoints:
+        trainer = Trainer(config, data, checkpoints)
+        result = trainer.fit(resume=False, progress=progress)
+    model, batch = result.model, config.train.batch_size
+    # the population graph's nodes: the training cases, embedded by the final encoder
+    refresh_population(model, data.loader("train", batch, augment=False), trainer.device)
+    table = predict(model, data.loader("test", batch), data, trainer.device)
+    pd.DataFrame(result.history).to_csv(run_dir / "history.csv", index=False)
+    table.to_parquet(done)
+    stamp.write_text(fingerprint)
+    return table
+
+
+# ------------------------------------------------------------------------- reporting
+
+
+def _report(predictions: pd.DataFrame, variants: list[Variant], config: ExperimentConfig, options: AblationOptions,
+            opted_in: list[str], out: Path, progress: bool) -> tuple[pd.DataFrame, dict, str]:
+    from senolab.evaluation import compare_methods, evaluate
+
+    scored = predictions.drop(columns=["label_name"])
+    evaluation = evaluate(scored, n_resamples=config.evaluation.bootstrap, seed=config.evaluation.seed,
+                          progress=progress)
+    comparisons = {v.name: compare_methods(scored, REFERENCE, v.name) for v in variants if v.fusion is not None}
+    table = ablation_table(evaluation.aggregates, comparisons, variants)
+    table.to_csv(out / "results.csv", index=False)
+    markdown = markdown_report(table, opted_in, options.folds, config.name)
+    (out / "ablation.md").write_text(markdown)
+    plot_ablation(table, out / "ablation_auc.png", config.name)
+    summary = evaluation.to_summary({**config.model_dump(), SECTION: options.model_dump()})
+    summary[SECTION] = {
+        "reference": REFERENCE,
+        "folds": options.folds,
+        "opted_in_outcomes": opted_in,
+        "variants": json.loads(table.to_json(orient="records")),
+        "delong": {name: json.loads(c.to_json(orient="records")) for name, c in comparisons.items()},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
+    return table, summary, markdown
+
+
+def ablation_table(aggregates: dict, comparisons: dict[str, pd.DataFrame], variants: list[Variant]) -> pd.DataFrame:
+    """One row per variant: pooled AUC with CI, and its difference and DeLong p against image only."""
+    from senolab.evaluation import POOLED
+
+    rows = []
+    for variant in variants:
+        auc = aggregates[variant.name][POOLED].get("auc", {"value": np.nan, "ci": [np.nan, np.nan], "n": 0})
+        row = {"method": variant.name, "site": POOLED, "fusion": variant.fusion or REFERENCE,
+               "modalities": "+".join(variant.modalities) or "image", "transductive": variant.transductive,
+               "n_cases": auc.get("n", 0), "auc": auc["value"], "auc_lo": auc["ci"][0], "auc_hi": auc["ci"][1],
+               "delta_auc": np.nan, "delong_p": np.nan}
+        if variant.name in comparisons:
+            pooled = comparisons[variant.name].set_index("site").loc[POOLED]
+            row["delta_auc"], row["delong_p"] = pooled["auc_b"] - pooled["auc_a"], pooled["p"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown_report(table: pd.DataFrame, opted_in: list[str], folds: int, name: str) -> str:
+    """The results table in markdown, the outcome opt-in if any, and what fusion adds."""
+    lines = [f"## Fusion ablation: {name} ({folds}-fold, patient-level, out-of-fold predictions pooled)", ""]
+    if opted_in:
+        lines += [f"**OUTCOME OPT-IN: {', '.join(opted_in)} are model inputs (they encode the answer).**", ""]
+    else:
+        lines += ["Outcome columns (BI-RADS, diagnosis, ...) are not inputs.", ""]
+    lines += ["| variant | AUC | 95% CI | ΔAUC vs image only | DeLong p |", "|---|---|---|---|---|"]
+    for row in table.itertuples(index=False):
+        delta = "" if np.isnan(row.delta_auc) else f"{row.delta_auc:+.3f}"
+        p = "" if np.isnan(row.delong_p) else f"{row.delong_p:.3g}"
+        lines.append(f"| {row.method} | {row.auc:.3f} | [{row.auc_lo:.3f}, {row.auc_hi:.3f}] | {delta} | {p} |")
+    lines += ["", verdict(table)]
+    return "\n".join(lines) + "\n"
+
+
+def verdict(table: pd.DataFrame, alpha: float = 0.05) -> str:
+    """One sentence on what fusion adds, from the numbers in ``table``."""
+    fused = table[table["fusion"] != REFERENCE].dropna(subset=["delta_auc"])
+    if fused.empty:
+        return "No fused variant could be compared with image only."
+    best = fused.loc[fused["delta_auc"].idxmax()]
+    better = fused[(fused["delta_auc"] > 0) & (fused["delong_p"] < alpha)]
+    worse = fused[(fused["delta_auc"] < 0) & (fused["delong_p"] < alpha)]
+    text = (f"Best fused variant: {best['method']} (ΔAUC {best['delta_auc']:+.3f}, DeLong p {best['delong_p']:.3g}). "
+            f"{len(better)} of {len(fused)} fused variants beat image only at p < {alpha}")
+    text += f"; {len(worse)} are significantly worse." if len(worse) else "; none is significantly worse."
+    if better.empty:
+        text += " On these data, fusion adds no significant discrimination over the image model."
+    return text
+
+
+def plot_ablation(table: pd.DataFrame, path: Path, title: str) -> Path:
+    """AUC with its CI per variant, image only as a reference line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(table) + 1.4))
+    y = np.arange(len(table))[::-1]
+    errors = np.vstack([table["auc"] - table["auc_lo"], table["auc_hi"] - table["auc"]])
+    colours = ["black" if f == REFERENCE else "tab:blue" for f in table["fusion"]]
+    ax.errorbar(table["auc"], y, xerr=errors, fmt="none", ecolor=colours, capsize=3)
+    ax.scatter(table["auc"], y, c=colours, zorder=3)
+    reference = table.loc[table["fusion"] == REFERENCE, "auc"]
+    if len(reference):
+        ax.axvline(float(reference.iloc[0]), color="grey", linestyle="--", linewidth=1, label="image only")
+        ax.legend(loc="lower right")
+    ax.set_yticks(y, table["method"])
+    ax.set_xlabel("AUC, malignant vs benign (95% patient-bootstrap CI)")
+    ax.set_title(f"Fusion ablation: {title}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
