@@ -1,0 +1,91 @@
+"""Figures of explanations: a case grid per cohort and a bar chart of tabular attributions."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from senolab.explain.image import ImageExplanations  # noqa: E402
+
+
+def case_grid(explanations: ImageExplanations, path: str | Path, max_cases: int = 6, title: str = "") -> Path:
+    """One row per case: the image, the image with the lesion outline, the attribution overlay.
+
+    The overlay shows the positive attribution, scaled per case to its 99th percentile.
+    """
+    n = min(max_cases, len(explanations.case_id))
+    if n == 0:
+        raise ValueError("case_grid: no case to draw")
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+    for row in range(n):
+        image = explanations.image[row].mean(0).numpy()
+        mask = explanations.mask[row].amax(0).numpy()
+        heat = np.clip(explanations.attribution[row].sum(0).numpy(), 0, None)
+        scale = np.percentile(heat, 99) or heat.max() or 1.0
+        panels = axes[row]
+        for ax in panels:
+            ax.imshow(image, cmap="gray")
+            ax.set_axis_off()
+        if mask.any():
+            for ax in panels[1:]:
+                ax.contour(mask, levels=[0.5], colors="cyan", linewidths=1)
+        panels[2].imshow(np.clip(heat / scale, 0, 1), cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+        panels[0].set_title(explanations.case_id[row], fontsize=8)
+        panels[1].set_title("lesion", fontsize=8)
+        panels[2].set_title("attribution", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def cohort_case_grids(explanations: ImageExplanations, out_dir: str | Path, prefix: str = "attributions",
+                      max_cases: int = 6) -> dict[str, Path]:
+    """A :func:`case_grid` per cohort, ``<out_dir>/<prefix>_<cohort>.png``; cohort -> path."""
+    out_dir = Path(out_dir)
+    return {
+        cohort: case_grid(explanations.subset(cohort), out_dir / f"{prefix}_{_slug(cohort)}.png",
+                          max_cases=max_cases, title=f"{prefix}: {cohort}")
+        for cohort in explanations.cohorts()
+    }
+
+
+def mean_abs_by_cohort(attributions: pd.DataFrame, cohorts: list[str]) -> pd.DataFrame:
+    """Mean absolute attribution per cohort (rows) and feature group (columns)."""
+    if len(cohorts) != len(attributions):
+        raise ValueError(f"{len(cohorts)} cohort names for {len(attributions)} cases")
+    return attributions.abs().groupby(np.asarray(cohorts)).mean()
+
+
+def tabular_bar_chart(importance: pd.DataFrame, path: str | Path, top: int = 15) -> Path:
+    """Horizontal bars of the ``top`` feature groups, one panel per cohort (row of ``importance``)."""
+    if importance.empty:
+        raise ValueError("tabular_bar_chart: no attribution to draw")
+    n = len(importance)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 0.35 * min(top, importance.shape[1]) + 1.5), squeeze=False)
+    for ax, (cohort, row) in zip(axes[0], importance.iterrows()):
+        shown = row.sort_values(ascending=True).tail(top)
+        ax.barh(shown.index.astype(str), shown.to_numpy(), color="tab:blue")
+        ax.set_title(str(cohort))
+        ax.set_xlabel("mean |attribution|")
+        ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "cohort"
