@@ -1,0 +1,23 @@
+"""pyradiomics feature tables per lesion, their cache, and feature hygiene for fusion.
+
+Importing this package does not import pyradiomics; extraction does, through
+``senolab._optional.require``.
+"""
+from senolab.radiomics.cache import FeatureCache, default_cache_dir
+from senolab.radiomics.extract import extract_features
+from senolab.radiomics.parameters import DEFAULT_PARAMS_FILE, ParamsError, RadiomicsParams, load_params
+from senolab.radiomics.table import FeatureTable, RadiomicsError, feature_columns, load_features
+
+__all__ = [
+    "DEFAULT_PARAMS_FILE",
+    "FeatureCache",
+    "FeatureTable",
+    "ParamsError",
+    "RadiomicsError",
+    "RadiomicsParams",
+    "default_cache_dir",
+    "extract_features",
+    "feature_columns",
+    "load_params",
+    "load_features",
+]

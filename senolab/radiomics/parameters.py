@@ -1,0 +1,118 @@
+"""pyradiomics parameters: the shipped 2D file, a user's own file, and their fingerprint.
+
+A parameter file is YAML in pyradiomics' own schema and is validated by pyradiomics. On
+top of that senolab requires what 2D extraction needs (``force2D``, the 3D ``shape``
+class off, binary masks with label 1). :class:`RadiomicsParams` carries the parsed
+parameters, the pyradiomics version and a hash of both: the hash keys the cache and is
+recorded with every feature table.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from senolab._optional import require
+
+DEFAULT_PARAMS_FILE = Path(str(resources.files("senolab.radiomics") / "params" / "default_2d.yaml"))
+
+# Bumped whenever senolab changes how it feeds pyradiomics (decoding, pixel type, mask
+# label, spacing policy): it enters the hash, so old cache entries stop matching.
+EXTRACTION_VERSION = 1
+
+# Feature classes pyradiomics computes for a 2D lesion; 3D `shape` is deliberately absent.
+CLASSES_2D = ("firstorder", "shape2D", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
+
+
+class ParamsError(ValueError):
+    """A parameter file is unreadable, invalid for pyradiomics, or unfit for 2D lesions."""
+
+
+@dataclass(frozen=True)
+class RadiomicsParams:
+    """Parsed pyradiomics parameters with their provenance.
+
+    ``params`` is the dict pyradiomics' extractor accepts (``imageType``, ``featureClass``,
+    ``setting``); ``source`` the file it came from; ``pyradiomics_version`` the installed
+    version; ``hash`` a sha256 of the parameters, that version and senolab's
+    ``EXTRACTION_VERSION``.
+    """
+
+    params: dict[str, Any]
+    source: str
+    pyradiomics_version: str
+    hash: str
+
+    def provenance(self) -> dict[str, Any]:
+        """What is recorded with every feature table."""
+        return {
+            "params": self.params,
+            "params_source": self.source,
+            "pyradiomics_version": self.pyradiomics_version,
+            "extraction_version": EXTRACTION_VERSION,
+            "params_hash": self.hash,
+        }
+
+
+def load_params(path: str | Path | None = None) -> RadiomicsParams:
+    """Read a parameter file (default: the shipped ``default_2d.yaml``) and validate it."""
+    path = Path(path) if path is not None else DEFAULT_PARAMS_FILE
+    try:
+        params = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ParamsError(f"{path}: cannot read the parameter file ({err})") from err
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path}: expected a mapping with imageType/featureClass/setting, got {type(params).__name__}")
+    _check_with_pyradiomics(params, path)
+    _check_2d(params, path)
+    version = pyradiomics_version()
+    return RadiomicsParams(params, str(path), version, params_hash(params, version))
+
+
+def pyradiomics_version() -> str:
+    return str(require("radiomics").__version__)
+
+
+def params_hash(params: dict[str, Any], version: str) -> str:
+    """sha256 of the parameters, the pyradiomics version and senolab's extraction version."""
+    blob = json.dumps(
+        {"params": params, "pyradiomics": version, "extraction": EXTRACTION_VERSION},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _check_with_pyradiomics(params: dict[str, Any], path: Path) -> None:
+    # pyradiomics validates against its own schema when an extractor is built from a dict.
+    featureextractor = require("radiomics.featureextractor")
+    try:
+        featureextractor.RadiomicsFeatureExtractor(params)
+    except Exception as err:  # pykwalify raises its own SchemaError types
+        raise ParamsError(f"{path}: rejected by pyradiomics' parameter schema: {err}") from err
+
+
+def _check_2d(params: dict[str, Any], path: Path) -> None:
+    setting = params.get("setting") or {}
+    classes = params.get("featureClass") or {}
+    if setting.get("force2D") is not True:
+        raise ParamsError(f"{path}: setting.force2D must be true for 2D ultrasound lesions")
+    if "shape" in classes:
+        raise ParamsError(
+            f"{path}: featureClass.shape (3D) must be off for 2D images (it meshes a one-slice "
+            "volume, costs seconds per lesion and means nothing in 2D); use shape2D"
+        )
+    if not classes:
+        raise ParamsError(f"{path}: featureClass is empty; expected some of {CLASSES_2D}")
+    unknown = sorted(set(classes) - set(CLASSES_2D))
+    if unknown:
+        raise ParamsError(f"{path}: featureClass {unknown} are not 2D classes; expected some of {CLASSES_2D}")
+    if setting.get("label", 1) != 1:
+        raise ParamsError(f"{path}: setting.label must be 1: senolab passes binary lesion masks")
