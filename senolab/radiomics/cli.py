@@ -1,0 +1,97 @@
+"""`senolab radiomics extract ROOT... --out F.parquet` and `senolab radiomics describe F.parquet`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    radiomics = subparsers.add_parser("radiomics", help="pyradiomics feature tables per lesion")
+    sub = radiomics.add_subparsers(dest="radiomics_command", metavar="ACTION", required=True)
+    _register_extract(sub)
+    _register_describe(sub)
+
+
+def _register_extract(sub) -> None:
+    extract = sub.add_parser(
+        "extract",
+        help="2D pyradiomics features of every lesion of one or more cohorts, cached, in parallel",
+        description="Extract pyradiomics features (firstorder, shape2D, GLCM, GLRLM, GLSZM, GLDM, NGTDM) of every "
+        "lesion mask into a parquet table keyed by case_id and lesion_index. Results are cached by the content "
+        "of image and mask and by the parameters: a second run computes nothing.",
+    )
+    extract.add_argument("roots", nargs="+", type=Path, metavar="ROOT", help="dataset folders (layout is detected)")
+    extract.add_argument("--out", type=Path, required=True, help="output parquet file")
+    extract.add_argument("-j", "--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    extract.add_argument("--params", type=Path, default=None,
+                         help="pyradiomics parameter YAML (default: senolab's shipped default_2d.yaml)")
+    extract.add_argument("--cache", type=Path, default=None,
+                         help="cache folder (default: $SENOLAB_CACHE_DIR/radiomics, else ~/.cache/senolab/radiomics)")
+    extract.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    extract.add_argument("--strict", action="store_true",
+                         help="a bad case (unreadable file, unusable mask) is fatal instead of a failed row")
+    extract.add_argument("--quiet", action="store_true", help="no progress bars")
+    extract.set_defaults(func=run_extract)
+
+
+def _register_describe(sub) -> None:
+    describe = sub.add_parser(
+        "describe",
+        help="features, failures and the features that shift most between sites, with a figure",
+    )
+    describe.add_argument("file", type=Path, metavar="FILE", help="a parquet table from `senolab radiomics extract`")
+    describe.add_argument("--top", type=int, default=8, help="how many site-shifting features to list (default: 8)")
+    describe.add_argument("--figure", type=Path, default=None,
+                          help="where to save the PNG (default: next to FILE, FILE's stem + '_describe.png')")
+    describe.add_argument("--no-figure", action="store_true", help="do not draw the figure")
+    describe.add_argument("--json", action="store_true", help="print a machine-readable summary instead of text")
+    describe.set_defaults(func=run_describe)
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    from senolab.cohorts.readers import read_cohort
+    from senolab.cohorts.schema import CohortError, combine
+    from senolab.radiomics.cache import default_cache_dir
+    from senolab.radiomics.extract import extract_features
+    from senolab.radiomics.parameters import ParamsError, load_params
+    from senolab.radiomics.table import RadiomicsError
+
+    if args.jobs is not None and args.jobs < 1:
+        print(f"error: -j/--jobs must be at least 1, got {args.jobs}", file=sys.stderr)
+        return 2
+    try:
+        params = load_params(args.params)
+        cohorts = [read_cohort(root, strict=args.strict) for root in args.roots]
+        cohort = cohorts[0] if len(cohorts) == 1 else combine(cohorts)
+        result = extract_features(cohort, params, jobs=args.jobs, cache_dir=args.cache, use_cache=not args.no_cache,
+                                  strict=args.strict, progress=not args.quiet)
+    except (CohortError, ParamsError, RadiomicsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    path = result.write(args.out)
+    print(result.summary())
+    if not args.no_cache:
+        print(f"cache: {(args.cache or default_cache_dir()).resolve()}")
+    print(f"features: {path.resolve()} (parameters hash {params.hash[:12]}, pyradiomics {params.pyradiomics_version})")
+    return 0
+
+
+def run_describe(args: argparse.Namespace) -> int:
+    from senolab.radiomics.describe import describe_features, describe_figure, format_description
+    from senolab.radiomics.table import RadiomicsError, load_features
+
+    try:
+        table = load_features(args.file)
+    except RadiomicsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = describe_features(table, top=args.top)
+    print(json.dumps(summary, indent=1) if args.json else format_description(table, summary))
+    if not args.no_figure:
+        figure = args.figure or args.file.with_name(f"{args.file.stem}_describe.png")
+        path = describe_figure(table, summary, figure)
+        if path is not None:
+            print(f"figure: {path.resolve()}", file=sys.stderr if args.json else sys.stdout)
+    return 0
