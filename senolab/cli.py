@@ -10,6 +10,7 @@ COMMAND_MODULES = [
     "senolab.cohorts.cli",
     "senolab.engine.cli",
     "senolab.fusion.cli",
+    "senolab.radiomics.cli",
 ]
 
 
