@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "senolab.engine.cli",
     "senolab.fusion.cli",
     "senolab.radiomics.cli",
+    "senolab.tracking.cli",
 ]
 
 

@@ -1,0 +1,202 @@
+"""The MLflow fan-out: replay run-directory records into an MLflow tracking store.
+
+Every MLflow run carries the tag ``senolab.key`` (a stable key from the run directory)
+and, once fully written, ``senolab.complete = true``. Pushing looks each key up before
+creating anything: a complete run is skipped, an incomplete one (an upload cut off half
+way) is written again in place, a missing one is created. So pushing the same records
+twice, or after a failure, never duplicates a run.
+
+The embedded default needs no server: a SQLite store inside the run directory with the
+artifacts next to it. Look at it with::
+
+    mlflow ui --backend-store-uri sqlite:///<absolute run dir>/mlflow.db
+
+(four slashes in total before an absolute path: ``sqlite:////home/me/run/mlflow.db``).
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from senolab._optional import require
+from senolab.tracking.records import MethodRecord, RunRecord
+
+KEY_TAG = "senolab.key"
+COMPLETE_TAG = "senolab.complete"
+EMBEDDED_DB = "mlflow.db"
+EMBEDDED_ARTIFACTS = "mlartifacts"
+
+# A study must not hang on a dead server: few retries, short timeout. The local run
+# directory keeps everything and `senolab sync` uploads it later. A user's own settings
+# of these variables win.
+FAIL_FAST_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+
+def embedded_uri(run_dir: str | Path) -> str:
+    """The SQLite tracking URI of the run directory's own store."""
+    return f"sqlite:///{Path(run_dir).resolve() / EMBEDDED_DB}"
+
+
+def ui_command(run_dir: str | Path) -> str:
+    """The command that opens MLflow's UI on a run directory's embedded store."""
+    return f"mlflow ui --backend-store-uri {embedded_uri(run_dir)}"
+
+
+@dataclass
+class PushCounts:
+    """What a push did: runs ``created``, incomplete runs ``resumed``, complete ones ``skipped``."""
+
+    created: int = 0
+    resumed: int = 0
+    skipped: int = 0
+
+    def add(self, other: "PushCounts") -> None:
+        self.created += other.created
+        self.resumed += other.resumed
+        self.skipped += other.skipped
+
+
+class MlflowMirror:
+    """Writes :class:`MethodRecord` s into one experiment of one tracking store.
+
+    ``artifact_location``: where a newly created experiment keeps artifacts (the
+    embedded store sets it inside the run directory; a server decides for itself).
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None):
+        self.mlflow = require("mlflow")
+        self.tracking_uri = tracking_uri
+        self.client = self.mlflow.tracking.MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_name = experiment
+        self.artifact_location = artifact_location
+        self._experiment_id: str | None = None
+
+    @classmethod
+    def for_run_dir(cls, run_dir: str | Path, experiment: str, tracking_uri: str | None) -> "MlflowMirror":
+        """The mirror of a run directory: ``tracking_uri``, or its embedded store when None."""
+        if tracking_uri is not None:
+            return cls(tracking_uri, experiment)
+        root = Path(run_dir).resolve()
+        return cls(embedded_uri(root), experiment, (root / EMBEDDED_ARTIFACTS).as_uri())
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            self._experiment_id = self._ensure_experiment()
+        return self._experiment_id
+
+    def _ensure_experiment(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment_name)
+        if found is None:
+            return self.client.create_experiment(self.experiment_name, artifact_location=self.artifact_location)
+        if found.lifecycle_stage == "deleted":
+            self.client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+
+    def push(self, method: MethodRecord, root: Path, common_tags: Mapping[str, str], timestamp_ms: int) -> PushCounts:
+        """Write one method (parent, then children) idempotently; files are read from ``root``.
+
+        ``timestamp_ms`` stamps every metric point: one fixed time per run directory, so
+        writing an incomplete run again repeats the same points instead of adding new ones.
+        The parent is marked complete only after all its children, so a complete parent
+        means a complete method.
+        """
+        counts = PushCounts()
+        with fail_fast():
+            parent_id, parent_state = self._find_or_create(method.parent, parent_id=None)
+            if parent_state == "complete":
+                counts.skipped += 1 + len(method.children)
+                return counts
+            for child in method.children:
+                child_id, state = self._find_or_create(child, parent_id=parent_id)
+                self._count(counts, state)
+                if state != "complete":
+                    self._write(child_id, child, root, common_tags, timestamp_ms)
+            self._count(counts, parent_state)
+            self._write(parent_id, method.parent, root, common_tags, timestamp_ms)
+        return counts
+
+    def find(self, key: str):
+        """The active MLflow run tagged with ``key`` (the oldest if several), or None."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", max_results=10,
+            order_by=["attributes.start_time ASC"],
+        )
+        return runs[0] if runs else None
+
+    @staticmethod
+    def _count(counts: PushCounts, state: str) -> None:
+        if state == "created":
+            counts.created += 1
+        elif state == "incomplete":
+            counts.resumed += 1
+        else:
+            counts.skipped += 1
+
+    def _find_or_create(self, record: RunRecord, parent_id: str | None) -> tuple[str, str]:
+        existing = self.find(record.key)
+        if existing is not None:
+            complete = existing.data.tags.get(COMPLETE_TAG) == "true"
+            return existing.info.run_id, "complete" if complete else "incomplete"
+        tags = {KEY_TAG: record.key}
+        if parent_id is not None:
+            tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(self.experiment_id, run_name=record.name, tags=tags)
+        return run.info.run_id, "created"
+
+    def _write(self, run_id: str, record: RunRecord, root: Path, common_tags: Mapping[str, str],
+               timestamp_ms: int) -> None:
+        entities = self.mlflow.entities
+        validation = self.mlflow.utils.validation
+        params = [entities.Param(k, _clip(v, validation.MAX_PARAM_VAL_LENGTH)) for k, v in record.params.items()]
+        tags = {**common_tags, **record.tags}
+        run_tags = [entities.RunTag(k, _clip(str(v), validation.MAX_TAG_VAL_LENGTH)) for k, v in tags.items()]
+        metrics = [entities.Metric(k, v, timestamp_ms, 0) for k, v in record.metrics.items()]
+        for chunk in _chunks(params, validation.MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, params=chunk)
+        for chunk in _chunks(run_tags, validation.MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, tags=chunk)
+        for chunk in _chunks(metrics, validation.MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=chunk)
+        for artifact in record.artifacts:
+            self._log_artifact(run_id, root / artifact.path, artifact.folder)
+        self.client.set_tag(run_id, COMPLETE_TAG, "true")
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def _log_artifact(self, run_id: str, local: Path, folder: str) -> None:
+        if not local.exists():
+            raise FileNotFoundError(f"artifact {local} is recorded in the run directory but missing")
+        if local.is_dir():
+            self.client.log_artifacts(run_id, str(local), "/".join(p for p in (folder, local.name) if p))
+        else:
+            self.client.log_artifact(run_id, str(local), folder or None)
+
+
+def _clip(value: str, limit: int) -> str:
+    # The full value stays in the run directory's config.yaml; MLflow refuses longer ones.
+    marker = "...[truncated]"
+    return value if len(value) <= limit else value[: limit - len(marker)] + marker
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@contextmanager
+def fail_fast() -> Iterator[None]:
+    """Temporarily set :data:`FAIL_FAST_ENV` (where the user has not set them)."""
+    added = [name for name in FAIL_FAST_ENV if name not in os.environ]
+    os.environ.update({name: FAIL_FAST_ENV[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)

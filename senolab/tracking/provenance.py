@@ -1,0 +1,38 @@
+"""Where a run came from: the code's git commit and a fingerprint of the data."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def git_commit(path: str | Path = PACKAGE_DIR) -> str:
+    """The commit checked out at ``path`` (senolab's own tree by default), ``+dirty`` when
+    tracked files have uncommitted changes; ``unknown`` outside a git work tree."""
+    try:
+        commit = _git(path, "rev-parse", "HEAD")
+        dirty = _git(path, "status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}+dirty" if dirty else commit
+
+
+def _git(path: str | Path, *args: str) -> str:
+    result = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, check=True, timeout=30)
+    return result.stdout.strip()
+
+
+def table_fingerprint(table: pd.DataFrame) -> str:
+    """A short content hash of a case table, independent of row and column order.
+
+    Two studies with the same fingerprint saw the same cases with the same metadata
+    (image files are identified by their paths in the table, not their pixels).
+    """
+    ordered = table.reindex(sorted(table.columns, key=str), axis=1)
+    text = ordered.astype(str).apply(lambda row: "\x1f".join(row), axis=1)
+    digest = hashlib.sha256("\x1e".join(sorted(text)).encode()).hexdigest()
+    return digest[:16]
