@@ -16,6 +16,7 @@ from senolab.adaptation.dann import ganin_lambda, reverse_gradient
 from senolab.adaptation.harmonise import match_histogram
 from senolab.adaptation.quality import intensity_distance, translation_quality
 from senolab.adaptation.wall import is_label_key
+from senolab.models import build_model, multitask_losses
 
 SIZE = 32
 
@@ -82,8 +83,13 @@ def build(name: str) -> AdaptationMethod:
     return METHODS.build(name, **FAST.get(name, {}))
 
 
+def default_model() -> nn.Module:
+    """The real default multi-task model (residual U-Net with BatchNorm, all three heads)."""
+    return build_model(heads={"cls": {"num_classes": 2}, "seg": {}, "box": {}})
+
+
 def task_loss(out, batch) -> torch.Tensor:
-    return F.cross_entropy(out["logits"], batch["label"]) + F.binary_cross_entropy_with_logits(out["seg_logits"], batch["mask"])
+    return sum(multitask_losses(out, batch).values())
 
 
 def run_steps(method: AdaptationMethod, model: nn.Module, source, target, steps: int = 3):
@@ -108,7 +114,7 @@ def run_steps(method: AdaptationMethod, model: nn.Module, source, target, steps:
 def test_every_method_trains_a_few_steps_with_finite_named_losses(name):
     torch.manual_seed(0)
     source, target = loaders()
-    model, method = TinyMultiTask(), build(name)
+    model, method = default_model(), build(name)
     before = copy.deepcopy(model.state_dict())
     history, adapted = run_steps(method, model, source, target)
 
@@ -124,6 +130,8 @@ def test_every_method_trains_a_few_steps_with_finite_named_losses(name):
     evaluation = adapted(method.harmonise(target[0], "target"))
     assert all(torch.isfinite(v).all() for v in evaluation.values())
     assert isinstance(METHODS.get(name).transductive, bool)
+    # Source-domain inference (model selection on source validation): nothing to adapt.
+    assert method.adapt_for_inference(model, None) is model
 
 
 def test_transductive_flags_follow_the_use_of_target_images():
@@ -372,6 +380,19 @@ def test_self_training_learns_only_from_confident_pseudo_labels():
     eager = METHODS.build("self_training", threshold=0.01)  # every prediction is a pseudo-label
     losses = eager(model, source[0], target[0], 0, 10).losses
     assert all(value.item() > 0.0 for value in losses.values())
+
+
+def test_self_training_views_depend_only_on_seed_and_step():
+    """So a run resumed from a checkpoint draws the same augmentations."""
+    source, target = loaders(1)
+    model = TinyMultiTask().eval()  # eval: BatchNorm statistics must not drift between calls
+    first, second = METHODS.build("self_training", threshold=0.01), METHODS.build("self_training", threshold=0.01)
+    second(model, source[0], target[0], 0, 10)  # a different history before step 5
+    a = first(model, source[0], target[0], 5, 10).losses
+    b = second(model, source[0], target[0], 5, 10).losses
+    c = second(model, source[0], target[0], 6, 10).losses
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["self_training_cls"], c["self_training_cls"])
 
 
 def test_weak_and_strong_views_are_seeded_images_in_range():

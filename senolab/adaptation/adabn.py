@@ -70,6 +70,4 @@ class AdaBN(AdaptationMethod):
         self.max_batches = max_batches
 
     def _adapt_for_inference(self, model, target_loader):
-        if target_loader is None:
-            raise ValueError("adabn needs the unlabelled target loader at inference")
         return recompute_batch_norm_statistics(model, target_loader, self.max_batches)

@@ -96,8 +96,14 @@ class AdaptationMethod(nn.Module):
         return self._losses(model, source_batch, source_out, target, target_out, step, total_steps)
 
     def adapt_for_inference(self, model: nn.Module, target_loader: Iterable[Batch] | None) -> nn.Module:
-        """The model to evaluate on the target site; ``model`` itself is never modified."""
-        return self._adapt_for_inference(model, None if target_loader is None else Unlabelled(target_loader))
+        """The model to evaluate on the target site; ``model`` itself is never modified.
+
+        Without a target loader (inference on the source domain, e.g. source validation
+        for model selection) there is nothing to adapt to and ``model`` comes back as is.
+        """
+        if target_loader is None:
+            return model
+        return self._adapt_for_inference(model, Unlabelled(target_loader))
 
     def harmonise(self, batch: Batch, domain: Domain) -> Batch:
         """The batch with its images moved to the common appearance (a copy; labels kept)."""
@@ -117,7 +123,7 @@ class AdaptationMethod(nn.Module):
                 step: int, total_steps: int) -> dict[str, torch.Tensor]:
         return {}
 
-    def _adapt_for_inference(self, model: nn.Module, target_loader: Unlabelled | None) -> nn.Module:
+    def _adapt_for_inference(self, model: nn.Module, target_loader: Unlabelled) -> nn.Module:
         return model
 
     def transform_images(self, images: torch.Tensor, domain: Domain) -> torch.Tensor:

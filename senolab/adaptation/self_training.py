@@ -45,7 +45,8 @@ class SelfTraining(AdaptationMethod):
 
     Works on every prediction head the model has: class logits and, pixel by pixel,
     segmentation logits (the strong view is intensity-only on top of the weak view, so
-    pixels correspond). Augmentation draws come from a generator seeded with ``seed``.
+    pixels correspond). The augmentation draws of a step depend only on ``(seed, step)``,
+    so a run resumed from a checkpoint draws the same views as one that never stopped.
     """
 
     transductive = True
@@ -56,13 +57,13 @@ class SelfTraining(AdaptationMethod):
         super().__init__()
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"self_training threshold must be in (0, 1], got {threshold}")
-        self.weight, self.threshold, self.n_ops = float(weight), float(threshold), int(n_ops)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.weight, self.threshold, self.n_ops, self.seed = float(weight), float(threshold), int(n_ops), int(seed)
 
     def _losses(self, model, source_batch, source_out, target_batch, target_out, step, total_steps):
         images = target_batch["image"]
-        weak = weak_augment(images.cpu(), self.generator).to(images)
-        strong = strong_augment(weak.cpu(), self.generator, self.n_ops).to(images)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        weak = weak_augment(images.cpu(), generator).to(images)
+        strong = strong_augment(weak.cpu(), generator, self.n_ops).to(images)
         # One forward over both views: BatchNorm sees them as one batch, as in FixMatch.
         views = model(concat_batches(target_batch.replace(image=weak), target_batch.replace(image=strong)))
         weak_out, strong_out = split_outputs(views, len(images))
