@@ -1,8 +1,9 @@
 """pyradiomics parameters: the shipped 2D file, a user's own file, and their fingerprint.
 
 A parameter file is YAML in pyradiomics' own schema and is validated by pyradiomics. On
-top of that senolab requires what 2D extraction needs (``force2D``, the 3D ``shape``
-class off, binary masks with label 1). :class:`RadiomicsParams` carries the parsed
+top of that senolab requires what its 2D extraction needs: ``force2D`` false (images are
+given to pyradiomics as true 2D images, see ``params/default_2d.yaml`` for why force2D
+would then drop a direction), the 3D ``shape`` class off, binary masks with label 1. :class:`RadiomicsParams` carries the parsed
 parameters, the pyradiomics version and a hash of both: the hash keys the cache and is
 recorded with every feature table.
 """
@@ -102,8 +103,12 @@ def _check_with_pyradiomics(params: dict[str, Any], path: Path) -> None:
 def _check_2d(params: dict[str, Any], path: Path) -> None:
     setting = params.get("setting") or {}
     classes = params.get("featureClass") or {}
-    if setting.get("force2D") is not True:
-        raise ParamsError(f"{path}: setting.force2D must be true for 2D ultrasound lesions")
+    if setting.get("force2D", False):
+        raise ParamsError(
+            f"{path}: setting.force2D must be false: senolab gives pyradiomics true 2D images, on which "
+            "force2D drops the image's y axis (force2Ddimension 0 is its rows) and measures texture along x "
+            "only; 2D images are in-plane already"
+        )
     if "shape" in classes:
         raise ParamsError(
             f"{path}: featureClass.shape (3D) must be off for 2D images (it meshes a one-slice "

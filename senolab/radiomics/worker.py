@@ -126,7 +126,10 @@ def run_case(task: CaseTask) -> list[Outcome]:
 
 
 def to_itk_image(image: np.ndarray, spacing_mm: float):
-    """A 2D SimpleITK image of float64 grey levels with isotropic ``spacing_mm``.
+    """A true 2D SimpleITK image of float64 grey levels with isotropic ``spacing_mm``.
+
+    2D, not a one-slice volume: pyradiomics then works in-plane by itself, and its 2D LoG
+    filter runs (it skips volumes thinner than 4 slices).
 
     float64, not uint8: pyradiomics' binning adds two bin widths to the maximum grey level,
     which overflows uint8 (255 + 16) and breaks the GLCM; float64 holds 0..255 exactly.
