@@ -24,6 +24,31 @@ def register(subparsers) -> None:
     evaluate.set_defaults(func=run_evaluate)
 
 
+    study = subparsers.add_parser("study", help="cross-institution study: methods x target sites (resumable)",
+                                  description="Train at some sites, test at an unseen one, for each adaptation "
+                                  "method; a stopped study continues where it stopped.")
+    study.add_argument("config", type=Path, help="study YAML (see configs/study_*.yaml)")
+    study.add_argument("--out", type=Path, default=None, help="study directory (default: runs/<study name>)")
+    study.add_argument("--quiet", action="store_true")
+    study.set_defaults(func=run_study_command)
+
+
+def run_study_command(args: argparse.Namespace) -> int:
+    from senolab.engine.config import ConfigError
+    from senolab.engine.study import load_study_config, run_study
+
+    try:
+        config = load_study_config(args.config)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = args.out or Path("runs") / config.name
+    run_study(config, out, progress=not args.quiet)
+    print((out / "results.md").read_text())
+    print(f"study written to {out.resolve()}")
+    return 0
+
+
 def run_train(args: argparse.Namespace) -> int:
     from senolab.engine.config import ConfigError, load_config
     from senolab.engine.experiment import train_and_evaluate

@@ -81,8 +81,10 @@ class Trainer:
     """Trains one multi-task model (optionally with a domain-adaptation method)."""
 
     def __init__(self, config: ExperimentConfig, data: PreparedData, out_dir: str | Path,
-                 method: str = "erm", method_options: dict | None = None, target_part: str | None = None):
+                 method: str = "erm", method_options: dict | None = None, target_part: str | None = None,
+                 selection=None):
         self.config, self.data, self.out_dir = config, data, Path(out_dir)
+        self.selection = selection  # callable(trainer) -> extra validation metrics
         self.device = pick_device(config.train.device)
         seed_everything(config.train.seed)
         self.model = model_from_config(config, data).to(self.device)
@@ -189,10 +191,18 @@ class Trainer:
         return {k: v / max(1, n) for k, v in sums.items()}, step
 
     def _validate(self) -> dict:
+        """The model-selection score; by default on source validation cases only.
+
+        ``selection`` may replace it with an unsupervised score on the unlabelled target
+        (the study runner's ``target_entropy``); target labels are never read here.
+        """
         loader = self.data.loader("val", self.config.train.batch_size)
-        model = self.method.adapt_for_inference(self.model, None)
-        table = predict(model, loader, self.data, self.device, harmonise=lambda b: self.method.harmonise(b, "source"))
-        return validation_score(table, self.model.tasks)
+        table = predict(self.model, loader, self.data, self.device,
+                        harmonise=lambda b: self.method.harmonise(b, "source"))
+        metrics = validation_score(table, self.model.tasks)
+        if self.selection is not None:
+            metrics.update(self.selection(self))
+        return metrics
 
     # ----------------------------------------------------------------- checkpointing
     def _save_last(self, epoch: int, bad_epochs: int, step: int, elapsed: float, result: TrainResult) -> None:

@@ -1,0 +1,334 @@
+"""The cross-institution study: train at some sites, test at an unseen one, per method.
+
+A study config names the cohorts, the protocol (``loso``: every site in turn is the
+target and all others are sources; ``pairwise``: the listed source -> target pairs), the
+adaptation methods, the seeds and the model-selection rule. For every (target, method,
+seed) the runner
+
+1. splits the source sites into train / validation / held-out source test (patient- and
+   duplicate-disjoint); every target case is test, and reaches training only unlabelled;
+2. trains the multi-task model with the method's hook on each step;
+3. selects the checkpoint by source validation (default), by an unsupervised criterion
+   on the unlabelled target (``target_entropy``), or by target labels (``oracle`` -
+   labelled as such in every result, never the default);
+4. predicts the target site (after the method's inference-time adaptation) and the
+   held-out source cases (in-site performance, for the gap);
+5. measures the domain gap that remains in the embeddings: the cross-validated accuracy
+   of a logistic-regression site classifier (source vs target), 0.5 = indistinguishable.
+
+Each run writes ``runs/<target>/<method>/seed<k>/``; a run with ``result.json`` is done
+and skipped when the study is started again, and a half-trained run resumes from its
+``last.pt``, so a killed study continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from pydantic import Field, ValidationError
+
+from senolab.adaptation import METHODS
+from senolab.cohorts.splits import check_leakage, holdout
+from senolab.engine.config import ConfigError, ExperimentConfig, Strict
+from senolab.engine.data import PreparedData, load_cohorts, prepare
+from senolab.engine.predict import predict
+from senolab.engine.trainer import Trainer
+from senolab.evaluation import evaluate
+
+SELECTION_METRICS = {"source_val": "val_score", "target_entropy": "target_neg_entropy", "oracle": "oracle_target_auc"}
+
+
+class MethodSpec(Strict):
+    name: str
+    options: dict[str, Any] = {}
+
+
+class PairSpec(Strict):
+    sources: list[str]
+    target: str
+
+
+class StudyConfig(Strict):
+    name: str = "study"
+    base: ExperimentConfig = ExperimentConfig()
+    protocol: Literal["loso", "pairwise"] = "loso"
+    pairs: list[PairSpec] = []
+    methods: list[MethodSpec] = [MethodSpec(name="erm")]
+    seeds: list[int] = [0]
+    selection: Literal["source_val", "target_entropy", "oracle"] = "source_val"
+    source_test_fraction: float = Field(0.2, gt=0, lt=1)
+    embedding_figure: bool = True
+
+
+def load_study_config(path: str | Path) -> StudyConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        methods = raw.get("methods")
+        if isinstance(methods, list):  # "methods: [erm, dann]" is shorthand for names
+            raw["methods"] = [{"name": m} if isinstance(m, str) else m for m in methods]
+        config = StudyConfig.model_validate(raw)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such study config") from None
+    except ValidationError as err:
+        raise ConfigError("\n".join(f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
+    unknown = [m.name for m in config.methods if m.name not in METHODS]
+    if unknown:
+        raise ConfigError(f"{path}: methods: unknown {unknown}; known: {METHODS.names()}")
+    return config
+
+
+def study_pairs(config: StudyConfig, sites: list[str]) -> list[PairSpec]:
+    """The (sources, target) pairs the protocol asks for, checked against the data's sites."""
+    if config.protocol == "loso":
+        return [PairSpec(sources=[s for s in sites if s != t], target=t) for t in sites]
+    for pair in config.pairs:
+        unknown = sorted(set(pair.sources + [pair.target]) - set(sites))
+        if unknown:
+            raise ConfigError(f"pairs: sites {unknown} are not in the data (sites: {sites})")
+    if not config.pairs:
+        raise ConfigError("protocol 'pairwise' needs pairs: [{sources: [...], target: ...}]")
+    return config.pairs
+
+
+def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+    cohort = load_cohorts(config.base.data, progress)
+    pairs = study_pairs(config, sorted(cohort.table["site"].unique()))
+    rows, cases = [], []
+    for pair in pairs:
+        data = _pair_data(config, cohort, pair)
+        for spec in config.methods:
+            for seed in config.seeds:
+                run_dir = out / "runs" / pair.target / spec.name / f"seed{seed}"
+                result = _run_once(config, data, spec, seed, run_dir, progress)
+                rows.append(result["row"])
+                cases.append(pd.read_parquet(run_dir / "predictions.parquet"))
+    results = pd.DataFrame(rows)
+    results.to_csv(out / "results.csv", index=False)
+    (out / "results.md").write_text(results_markdown(results))
+    summary = _summary(config, results, pd.concat(cases, ignore_index=True), out)
+    if config.embedding_figure:
+        embedding_figure(out, pairs, config)
+    return summary
+
+
+def _pair_data(config: StudyConfig, cohort, pair: PairSpec) -> PreparedData:
+    """Sources split train/val/source_test; the whole target site is 'test'."""
+    table = cohort.table[cohort.table["site"].isin(pair.sources + [pair.target])]
+    sub = type(cohort)(cohort.name, table.reset_index(drop=True), cohort.columns, cohort.splits, cohort.problems,
+                       cohort.root, cohort.arrays)
+    split = config.base.data.split.model_copy(update={"kind": "sites", "test_sites": [pair.target]})
+    data = prepare(config.base.data.model_copy(update={"split": split}), cohort=sub, progress=False)
+    parts = data.parts.copy()
+    train = sub.table[sub.table["case_id"].isin(parts.index[parts == "train"])]
+    held = holdout(train, config.source_test_fraction, seed=split.seed + 2)
+    parts.loc[held.index[held == "test"]] = "source_test"
+    for a in ("train", "val", "source_test"):
+        for b in ("train", "val", "source_test", "test"):
+            if a < b:
+                check_leakage(sub.table, parts.index[parts == a], parts.index[parts == b])
+    data.parts = parts
+    if data.metadata is not None:  # refit on the final training part only
+        data.metadata.fit(sub.table[sub.table["case_id"].isin(parts.index[parts == "train"])])
+    return data
+
+
+def _run_once(config: StudyConfig, data: PreparedData, spec: MethodSpec, seed: int, run_dir: Path,
+              progress: bool) -> dict:
+    done = run_dir / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    base = config.base.model_copy(deep=True)
+    base.train.seed = seed
+    base.train.early_stopping.metric = SELECTION_METRICS[config.selection]
+    trainer = Trainer(base, data, run_dir, method=spec.name, method_options=spec.options,
+                      target_part="test" if METHODS.get(spec.name).transductive else None,
+                      selection=_selection(config.selection))
+    trained = trainer.fit(progress=progress)
+    method = trained.method
+    target_loader = data.loader("test", base.train.batch_size, labelled=False)
+    adapted = method.adapt_for_inference(trained.model, target_loader)
+    target = predict(adapted, data.loader("test", base.train.batch_size), data, trainer.device,
+                     harmonise=lambda b: method.harmonise(b, "target"))
+    source = predict(trained.model, data.loader("source_test", base.train.batch_size), data, trainer.device,
+                     harmonise=lambda b: method.harmonise(b, "source"))
+    table = pd.concat([target.assign(domain="target"), source.assign(domain="source")], ignore_index=True)
+    table = table.assign(method=spec.name, seed=seed, transductive=method.transductive, selection=config.selection)
+    table.to_parquet(run_dir / "predictions.parquet")
+    site_acc = domain_gap(_embeddings(adapted, trained.model, data, method, trainer.device, base.train.batch_size),
+                          run_dir)
+    row = _result_row(table, spec.name, seed, method.transductive, config, site_acc, trained.best_epoch)
+    result = {"row": row}
+    done.write_text(json.dumps(result, indent=1, default=float))
+    return result
+
+
+def _selection(rule: str):
+    """The extra validation metric a selection rule needs, computed each epoch."""
+    if rule == "source_val":
+        return None
+
+    def score(trainer: Trainer) -> dict:
+        data = trainer.data
+        if rule == "target_entropy":
+            # unsupervised: the model's confidence on the unlabelled target images
+            loader = data.loader("test", trainer.config.train.batch_size, labelled=False)
+            table = predict(trainer.model, loader, data, trainer.device,
+                            harmonise=lambda b: trainer.method.harmonise(b, "target"))
+            probs = table[[f"prob_{c}" for c in data.classes]].to_numpy()
+            entropy = -(probs * np.log(np.clip(probs, 1e-12, 1))).sum(1).mean()
+            return {"target_neg_entropy": float(-entropy)}
+        # oracle: reads target labels; reported as "oracle" selection, never the default
+        table = predict(trainer.model, data.loader("test", trainer.config.train.batch_size), data, trainer.device,
+                        harmonise=lambda b: trainer.method.harmonise(b, "target"))
+        labelled = table[table["label"].notna()]
+        from sklearn.metrics import roc_auc_score
+
+        y = (labelled["label_name"] == "malignant").astype(int)
+        return {"oracle_target_auc": float(roc_auc_score(y, labelled["score"])) if y.nunique() == 2 else 0.0}
+
+    return score
+
+
+def _result_row(table: pd.DataFrame, method: str, seed: int, transductive: bool, config: StudyConfig,
+                site_acc: float, best_epoch: int) -> dict:
+    target, source = table[table["domain"] == "target"], table[table["domain"] == "source"]
+    ev_target = evaluate(target.drop(columns=["label_name", "domain"]), n_resamples=config.base.evaluation.bootstrap,
+                         seed=config.base.evaluation.seed, progress=False)
+    ev_source = evaluate(source.assign(site="source").drop(columns=["label_name", "domain"]),
+                         n_resamples=0 if config.base.evaluation.bootstrap == 0 else 200, progress=False)
+    site = target["site"].iloc[0]
+    tgt = ev_target.aggregates[method][site]
+    src = ev_source.aggregates[method]["source"]
+    row = {"method": method, "target_site": site, "seed": seed, "transductive": transductive,
+           "selection": config.selection, "best_epoch": best_epoch, "n_target": len(target)}
+    for metric in ("auc", "dice", "box_iou", "fp_rate_lesion_free"):
+        if metric in tgt:
+            row[metric] = tgt[metric]["value"]
+            row[f"{metric}_lo"], row[f"{metric}_hi"] = tgt[metric]["ci"]
+        if metric in src:
+            row[f"insite_{metric}"] = src[metric]["value"]
+            if metric in tgt and tgt[metric]["value"] is not None and src[metric]["value"] is not None:
+                row[f"gap_{metric}"] = tgt[metric]["value"] - src[metric]["value"]
+    row["site_classifier_acc"] = site_acc
+    return row
+
+
+@torch.no_grad()
+def _embeddings(adapted, model, data: PreparedData, method, device, batch_size: int) -> dict:
+    """Embeddings of held-out source and target cases, as the method would predict them."""
+    out = {}
+    for part, net, domain in (("source_test", model, "source"), ("test", adapted, "target")):
+        net.eval()
+        chunks = []
+        for batch in data.loader(part, batch_size, labelled=False):
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            chunks.append(net(method.harmonise(batch, domain))["embedding"].cpu().numpy())
+        out[domain] = np.concatenate(chunks) if chunks else np.zeros((0, 1))
+    return out
+
+
+def domain_gap(embeddings: dict, run_dir: Path) -> float:
+    """Cross-validated accuracy of a site classifier on the embeddings (0.5 = no gap)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.concatenate([embeddings["source"], embeddings["target"]])
+    y = np.r_[np.zeros(len(embeddings["source"])), np.ones(len(embeddings["target"]))]
+    np.savez_compressed(run_dir / "embeddings.npz", x=x, domain=y)
+    # balanced accuracy: source and target sets differ in size
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+    return float(cross_val_score(clf, x, y, cv=folds, scoring="balanced_accuracy").mean())
+
+
+def results_markdown(results: pd.DataFrame) -> str:
+    """The study table: one row per method and target site, with CIs and the flags."""
+    lines = ["| method | target | transductive | selection | AUC [95% CI] | in-site AUC | gap | Dice [95% CI] "
+             "| site-classifier acc |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results.to_dict("records"):
+        lines.append(
+            f"| {r['method']} | {r['target_site']} | {'yes' if r['transductive'] else 'no'} | {r['selection']} "
+            f"| {_ci(r, 'auc')} | {_num(r.get('insite_auc'))} | {_num(r.get('gap_auc'))} | {_ci(r, 'dice')} "
+            f"| {_num(r.get('site_classifier_acc'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def _num(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.3f}"
+
+
+def _ci(row: dict, metric: str) -> str:
+    if row.get(metric) is None or not np.isfinite(row.get(metric, np.nan)):
+        return "-"
+    return f"{row[metric]:.3f} [{row[metric + '_lo']:.3f}, {row[metric + '_hi']:.3f}]"
+
+
+def _summary(config: StudyConfig, results: pd.DataFrame, cases: pd.DataFrame, out: Path) -> dict:
+    aggregates: dict[str, dict] = {}
+    for (method, seed), rows in results.groupby(["method", "seed"]):
+        key = method if len(config.seeds) == 1 else f"{method}/seed{seed}"
+        per_site = {r["target_site"]: {m: {"value": _plain(r.get(m)), "ci": [_plain(r.get(f"{m}_lo")),
+                                                                           _plain(r.get(f"{m}_hi"))]}
+                                       for m in ("auc", "dice") if m in r}
+                    | {"gap_auc": _plain(r.get("gap_auc")), "site_classifier_acc": _plain(r.get("site_classifier_acc")),
+                       "transductive": bool(r["transductive"])}
+                    for r in rows.to_dict("records")}
+        worst = min(per_site, key=lambda s: per_site[s]["auc"]["value"] if per_site[s]["auc"]["value"] is not None
+                    else np.inf)
+        per_site["worst_site"] = {"auc": {"site": worst, **per_site[worst]["auc"]}}
+        aggregates[key] = per_site
+    keep = [c for c in ("case_id", "site", "method", "seed", "domain", "label", "score", "dice", "transductive")
+            if c in cases.columns]
+    summary = {"config": config.model_dump(), "aggregates": aggregates,
+               "cases": json.loads(cases[keep].to_json(orient="records"))}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_plain))
+    return summary
+
+
+def _plain(value):
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def embedding_figure(out: Path, pairs: list[PairSpec], config: StudyConfig) -> Path:
+    """t-SNE of source and target embeddings, one row per target, one panel per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    seed = config.seeds[0]
+    fig, axes = plt.subplots(len(pairs), len(config.methods), figsize=(3.2 * len(config.methods), 3 * len(pairs)),
+                             squeeze=False)
+    for i, pair in enumerate(pairs):
+        for j, spec in enumerate(config.methods):
+            saved = np.load(out / "runs" / pair.target / spec.name / f"seed{seed}" / "embeddings.npz")
+            x, domain = saved["x"], saved["domain"]
+            xy = TSNE(n_components=2, perplexity=min(30, max(5, len(x) // 5)), random_state=0, init="pca").fit_transform(x)
+            ax = axes[i, j]
+            for value, name, colour in ((0, "source", "tab:blue"), (1, f"target {pair.target}", "tab:red")):
+                ax.scatter(*xy[domain == value].T, s=6, alpha=0.6, c=colour, label=name)
+            ax.set_title(f"{spec.name} -> {pair.target}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "embeddings_tsne.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
