@@ -33,7 +33,7 @@ from senolab.explain import (
     topk_stability,
 )
 from senolab.explain.checks import chance_share, in_mask_share
-from senolab.explain.tabular import FeatureGroups, radiomics_feature_class
+from senolab.explain.tabular import FeatureGroups
 
 SIZE = 32
 
@@ -229,9 +229,10 @@ def test_feature_groups_follow_fields_and_radiomics_classes():
     assert groups.names == ["age", "history", "scanner", "radiomics:firstorder", "radiomics:glcm"]
     assert groups.groups["history"] == {"meta_num": (1, 2), "meta_num_missing": (1, 2)}
     assert groups.groups["radiomics:firstorder"] == {"radiomics": (0, 1)}
-    assert radiomics_feature_class("wavelet-LH_glszm_ZoneEntropy") == "glszm"
+    wavelet = tabular_groups([], ["wavelet-LH_glszm_ZoneEntropy", "original_glszm_ZoneEntropy"])
+    assert wavelet.groups == {"radiomics:glszm": {"radiomics": (0, 1)}}
     with pytest.raises(ValueError, match="radiomics column 'volume'"):
-        radiomics_feature_class("volume")
+        tabular_groups([], ["volume"])
 
 
 def test_feature_ablation_removes_each_group_as_a_whole():

@@ -112,18 +112,22 @@ def study_predictions(method: str, seed: int) -> pd.DataFrame:
 
 
 def log_method(run: RunDir, method: str, with_model: bool = False) -> dict:
-    """What a study does per method: evaluate, draw ROC/reliability, save the model, log."""
+    """What a study does per method: evaluate, draw ROC/reliability, tabulate explanations,
+    save the model, log."""
     predictions = study_predictions(method, seed=len(method))
     aggregates = evaluate(predictions, n_resamples=40, progress=False).aggregates[method]
     figures_dir = run.method_dir(method) / "figures"
+    table = run.method_dir(method) / "explanations" / "pointing_game.csv"
+    table.parent.mkdir()
+    pd.DataFrame({"cohort": ["busi"], "in_mask_share": [0.4], "chance_share": [0.1]}).to_csv(table, index=False)
     figures = [plot_roc_by_site(predictions, figures_dir / "roc.png"),
-               plot_reliability(predictions, figures_dir / "reliability.png")]
+               plot_reliability(predictions, figures_dir / "reliability.png"), table]
     site_figures = {site: [plot_roc_by_site(predictions[predictions["site"] == site], figures_dir / f"roc_{site}.png")]
                     for _, site, _ in COHORTS}
     if with_model:
         run.write_model(method, nn.Linear(4, 2), {"encoder": "linear"})
     run.log_method(method, aggregates, predictions, transductive=METHODS[method], params={"weight": 0.1},
-                   figures=figures, site_figures=site_figures)
+                   files=figures, site_files=site_figures)
     return aggregates
 
 
@@ -180,7 +184,8 @@ def test_study_fans_out_to_a_real_server(server, tmp_path, tracking_uri):
     assert parents.loc["dann", "tags.worst_site.auc"] == worst["site"]
     assert parents.loc["erm", "metrics.auc"] == pytest.approx(aggregates["erm"]["all"]["auc"]["value"])
     assert artifact_paths(client, parents.loc["erm", "run_id"]) == {
-        "summary.json", "predictions.parquet", "figures/roc.png", "figures/reliability.png", "model/model.pt"}
+        "summary.json", "predictions.parquet", "figures/roc.png", "figures/reliability.png",
+        "explanations/pointing_game.csv", "model/model.pt"}
     assert (runs["tags." + COMPLETE_TAG] == "true").all() and runs["tags." + KEY_TAG].is_unique
 
 
@@ -285,7 +290,7 @@ def test_run_dir_refuses_bad_use(tmp_path, capsys):
     predictions = study_predictions("erm", 0)
     aggregates = evaluate(predictions, n_resamples=10, progress=False).aggregates["erm"]
     with pytest.raises(ValueError, match="outside the run directory"):
-        run.log_method("erm", aggregates, predictions, transductive=False, figures=[outside])
+        run.log_method("erm", aggregates, predictions, transductive=False, files=[outside])
     run.log_method("erm", aggregates, predictions, transductive=False)
     with pytest.raises(ValueError, match="already recorded"):
         run.log_method("erm", aggregates, predictions, transductive=False)

@@ -23,6 +23,8 @@ from torch import nn
 
 from senolab._optional import require
 from senolab.explain.forward import captum_call, evaluation_mode, resolve_target
+# The fusion's own rule, so explanation groups match the model's radiomics class tokens.
+from senolab.fusion.tabular import feature_class
 
 # What a model sees when a tabular value is absent (DESIGN.md batch contract).
 ABSENT: dict[str, float] = {"meta_num": 0.0, "meta_num_missing": 1.0, "meta_cat": 0.0, "radiomics": 0.0}
@@ -72,14 +74,6 @@ class FeatureGroups:
         return masks
 
 
-def radiomics_feature_class(name: str) -> str:
-    """``original_glcm_Contrast`` -> ``glcm``: pyradiomics names end in <class>_<feature>."""
-    parts = name.split("_")
-    if len(parts) < 2 or not all(parts[-2:]):
-        raise ValueError(f"radiomics column {name!r} does not end in <class>_<feature> like pyradiomics names")
-    return parts[-2]
-
-
 def tabular_groups(fields: Sequence, radiomics_columns: Sequence[str] = ()) -> FeatureGroups:
     """One group per clinical field and one per radiomics feature class.
 
@@ -95,7 +89,7 @@ def tabular_groups(fields: Sequence, radiomics_columns: Sequence[str] = ()) -> F
             groups[field.name] = {"meta_num": cols, "meta_num_missing": cols}
     by_class: dict[str, list[int]] = {}
     for index, name in enumerate(radiomics_columns):
-        by_class.setdefault(f"radiomics:{radiomics_feature_class(name)}", []).append(index)
+        by_class.setdefault(f"radiomics:{feature_class(name)}", []).append(index)
     groups.update({name: {"radiomics": tuple(cols)} for name, cols in by_class.items()})
     return FeatureGroups(groups)
 

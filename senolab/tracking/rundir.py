@@ -10,6 +10,7 @@ Layout::
     <run>/methods/<method>/predictions.parquet
     <run>/methods/<method>/sites/<site>/predictions.parquet
     <run>/methods/<method>/figures/...   ROC, reliability, attribution figures and tables
+                                         (any sub-folder: MLflow gets the same tree)
     <run>/methods/<method>/model/model.pt   state_dict + config (torch.load weights_only)
     <run>/mlflow.db, <run>/mlartifacts/  the embedded MLflow store (default tracking)
 
@@ -164,16 +165,18 @@ class RunDir:
                                config=dict(config))
 
     def log_method(self, method: str, aggregates: Mapping[str, Any], predictions: pd.DataFrame, *,
-                   transductive: bool, params: Mapping[str, Any] | None = None, figures: Sequence[str | Path] = (),
-                   site_figures: Mapping[str, Sequence[str | Path]] | None = None) -> MethodRecord:
+                   transductive: bool, params: Mapping[str, Any] | None = None, files: Sequence[str | Path] = (),
+                   site_files: Mapping[str, Sequence[str | Path]] | None = None) -> MethodRecord:
         """Write a finished method's results and record (and push) its MLflow runs.
 
         ``aggregates``: the method's entry of the evaluation (``{site: {metric: {value,
         ci}}, "worst_site": ...}``); ``predictions``: its per-case rows (with ``site``,
         and ``cohort``/``scanner`` for the tags); ``params``: the method's own options
-        (logged as ``method.<name>`` next to the flattened study config); ``figures``
-        (files in the run directory) go to the parent run, ``site_figures[site]`` to
-        that site's child; a model saved with :meth:`write_model` goes to the parent.
+        (logged as ``method.<name>`` next to the flattened study config); ``files``
+        (figures, attribution tables: files in the run directory) go to the parent run,
+        ``site_files[site]`` to that site's child, each in MLflow under its folder
+        relative to :meth:`method_dir` (``figures/roc.png``); a model saved with
+        :meth:`write_model` goes to the parent.
         """
         folder = self.method_dir(method)
         summary = folder / "summary.json"
@@ -187,10 +190,10 @@ class RunDir:
             path.parent.mkdir(parents=True, exist_ok=True)
             rows.to_parquet(path, index=False)
             site_artifacts[str(site)] = [Artifact(self._relative(path)), Artifact(self._relative(summary))]
-        for site, paths in (site_figures or {}).items():
-            site_artifacts.setdefault(site, []).extend(Artifact(self._relative(p), "figures") for p in paths)
+        for site, paths in (site_files or {}).items():
+            site_artifacts.setdefault(site, []).extend(self._method_file(method, p) for p in paths)
         artifacts = [Artifact(self._relative(summary)), Artifact(self._relative(whole)),
-                     *(Artifact(self._relative(p), "figures") for p in figures)]
+                     *(self._method_file(method, p) for p in files)]
         if (folder / "model").is_dir():
             artifacts.append(Artifact(self._relative(folder / "model")))
         record = method_record(
@@ -261,6 +264,14 @@ class RunDir:
         self._save()
 
     # ------------------------------------------------------------------ files
+    def _method_file(self, method: str, path: str | Path) -> Artifact:
+        """An artifact whose MLflow folder mirrors its place under the method's folder."""
+        relative = self._relative(path)
+        method_prefix = self._relative(self.method_dir(method)) + "/"
+        inner = relative.removeprefix(method_prefix) if relative.startswith(method_prefix) else Path(relative).name
+        folder = Path(inner).parent.as_posix()
+        return Artifact(relative, "" if folder == "." else folder)
+
     def _relative(self, path: str | Path) -> str:
         path = Path(path)
         absolute = path if path.is_absolute() else self.root / path
