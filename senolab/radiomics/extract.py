@@ -68,10 +68,11 @@ def extract_features(
         params = load_params(params)
     cache = FeatureCache(cache_dir) if use_cache else None
     plan = _plan(cohort, params, cache)
-    computed = list(_compute(plan, params, jobs or available_cores(), progress))
-    if cache is not None:
-        for outcome in computed:
+    computed = []
+    for outcome in _compute(plan, params, jobs or available_cores(), progress):
+        if cache is not None:  # as they come: an interrupted run keeps what it computed
             cache.put(outcome.key, outcome.as_cache_entry())
+        computed.append(outcome)
     table = _assemble(cohort, plan.outcomes + computed)
     stats = {"computed": len(computed), "from_cache": sum(1 for o in plan.outcomes if o.key)}
     table.attrs[PROVENANCE] = params.provenance()
