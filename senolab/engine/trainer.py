@@ -25,7 +25,7 @@ from senolab.engine.checkpoint import load_checkpoint, save_checkpoint
 from senolab.engine.config import ExperimentConfig
 from senolab.engine.data import PreparedData
 from senolab.engine.predict import predict, validation_score
-from senolab.models import BALANCERS, LossConfig, build_model, multitask_losses
+from senolab.models import BALANCERS, LossConfig, MultiTaskModel, build_model, multitask_losses
 
 
 def model_from_config(config: ExperimentConfig, data: PreparedData) -> nn.Module:
@@ -36,12 +36,14 @@ def model_from_config(config: ExperimentConfig, data: PreparedData) -> nn.Module
         ("seg", heads_cfg.segmentation, {}),
         ("box", heads_cfg.bbox, {}),
     ) if enabled}
-    fusion = None
-    if config.model.fusion is not None:
-        from senolab.fusion import build_fusion
+    model = build_model(config.model.encoder, heads, config.model.encoder_options, config.model.checkpoint)
+    if config.model.fusion is None:
+        return model
+    from senolab.fusion import fusion_for_data
 
-        fusion = build_fusion(config.model.fusion, data=data, **config.model.fusion_options)
-    return build_model(config.model.encoder, heads, config.model.encoder_options, config.model.checkpoint, fusion)
+    # the fusion is sized from the encoder's embedding and the data's tabular inputs
+    fusion = fusion_for_data(config.model.fusion, model.encoder.embedding_dim, data, **config.model.fusion_options)
+    return MultiTaskModel(model.encoder, heads, fusion)
 
 
 def pick_device(name: str) -> torch.device:
