@@ -421,6 +421,10 @@ def test_histogram_matching_moves_source_histograms_to_the_target():
     assert method.harmonise(target[0], "target")["image"] is target[0]["image"]
     assert torch.equal(batch["label"], method.harmonise(batch, "source")["label"])
 
+    restored = build("histogram_matching")  # e.g. loaded from a checkpoint, never prepared
+    restored.load_state_dict(method.state_dict())
+    assert torch.equal(restored.harmonise(batch, "source")["image"], matched)
+
 
 def test_match_histogram_to_itself_is_nearly_identity():
     image = site_batch(1, 0, target=False)["image"][0]

@@ -6,7 +6,7 @@ intensity harmonisation, CycleGAN translation and its quality measures.
 drives a method and :mod:`senolab.adaptation.wall` for how target labels are kept out.
 """
 from senolab.adaptation import adabn, alignment, dann, entropy, harmonise, self_training  # noqa: F401  (registration)
-from senolab.adaptation.base import METHODS, AdaptationMethod, AdaptationStep, is_transductive
+from senolab.adaptation.base import METHODS, AdaptationMethod, AdaptationStep
 from senolab.adaptation.cyclegan import CycleGAN, save_translation_examples
 from senolab.adaptation.quality import TranslationQuality, translation_quality
 from senolab.adaptation.wall import TargetBatch, TargetLabelAccess, Unlabelled, strip_labels
@@ -20,7 +20,6 @@ __all__ = [
     "TargetLabelAccess",
     "TranslationQuality",
     "Unlabelled",
-    "is_transductive",
     "save_translation_examples",
     "strip_labels",
     "translation_quality",

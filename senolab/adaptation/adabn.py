@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from senolab.adaptation.base import AdaptationMethod, register_method
+from senolab.adaptation.base import AdaptationMethod, register_method, to_model_device
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -27,7 +27,7 @@ def tracked_batch_norms(model: nn.Module) -> list[nn.Module]:
 @torch.no_grad()
 def recompute_batch_norm_statistics(model: nn.Module, batches, max_batches: int | None = None) -> nn.Module:
     """A copy of ``model`` (in eval mode) whose BatchNorm running statistics are the
-    cumulative average over ``batches`` (batch dicts fed to the model as is)."""
+    cumulative average over ``batches`` (batch dicts, moved to the model's device)."""
     adapted = copy.deepcopy(model).eval()
     norms = tracked_batch_norms(adapted)
     if not norms:
@@ -41,7 +41,7 @@ def recompute_batch_norm_statistics(model: nn.Module, batches, max_batches: int 
     for batch in tqdm(batches, desc="AdaBN target statistics", leave=False, total=_length(batches, max_batches)):
         if max_batches is not None and seen >= max_batches:
             break
-        adapted(batch)
+        adapted(to_model_device(batch, adapted))
         seen += 1
     if seen == 0:
         raise ValueError("AdaBN: the target loader yielded no batch")

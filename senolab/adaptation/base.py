@@ -147,14 +147,16 @@ def register_method(name: str):
 register_method("erm")(AdaptationMethod)
 
 
-def is_transductive(name: str) -> bool:
-    """Whether the registered method ``name`` uses unlabelled target images."""
-    return METHODS.get(name).transductive
-
-
 # ----------------------------------------------------------------------- batch helpers
 def batch_size(batch: Batch) -> int:
     return int(batch["image"].shape[0])
+
+
+def to_model_device(batch: Batch, model: nn.Module) -> Batch:
+    """The batch's tensors on the device of ``model``'s parameters (loaders yield CPU tensors)."""
+    device = next(model.parameters()).device
+    moved = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+    return TargetBatch(moved) if isinstance(batch, TargetBatch) else moved
 
 
 def concat_batches(first: Batch, second: Batch) -> dict[str, Any]:

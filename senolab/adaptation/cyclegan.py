@@ -12,8 +12,9 @@ Adversarial Networks", ICCV 2017, with the choices of its reference implementati
 - discriminators see a pool of the last 50 generated images (Shrivastava et al. 2017);
 - Adam(2e-4, beta1 = 0.5), constant for the first half of training, then linearly to 0.
 
-Sizes default to a CPU budget (``ngf=32``): at 128 px one step of batch 1 takes well
-under a second on two cores, so a usable translator trains in minutes. Images are
+Widths default to a CPU budget: ``ngf=16`` generators (a quarter of the reference's
+compute) and ``ndf=32`` discriminators; see ``benchmarks``-style figures in the report of
+the change that set them. Images are
 (N,1,H,W) in [0, 1]; generators work in [-1, 1] internally and translations come back
 in [0, 1] with the input's size (H and W must be divisible by ``2 ** n_downsampling``).
 """
@@ -44,7 +45,7 @@ class ResidualBlock(nn.Module):
 class ResnetGenerator(nn.Module):
     """Johnson-style ResNet generator, (B,C,H,W) in [-1, 1] to the same shape in [-1, 1]."""
 
-    def __init__(self, channels: int = 1, ngf: int = 32, n_downsampling: int = 2, n_blocks: int = 6):
+    def __init__(self, channels: int = 1, ngf: int = 16, n_downsampling: int = 2, n_blocks: int = 6):
         super().__init__()
         self.factor = 2**n_downsampling
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(channels, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(True)]
@@ -121,7 +122,7 @@ DIRECTIONS = {"source_to_target": "g_source_to_target", "target_to_source": "g_t
 class CycleGAN(nn.Module):
     """Two generators and two PatchGAN discriminators between a source and a target site."""
 
-    def __init__(self, ngf: int = 32, ndf: int = 32, n_blocks: int = 6, n_downsampling: int = 2,
+    def __init__(self, ngf: int = 16, ndf: int = 32, n_blocks: int = 6, n_downsampling: int = 2,
                  lambda_cycle: float = 10.0, lambda_identity: float = 0.5, pool_size: int = 50,
                  lr: float = 2e-4, beta1: float = 0.5):
         super().__init__()

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from senolab.adaptation.base import AdaptationMethod, register_method, require_output
+from senolab.adaptation.base import AdaptationMethod, register_method, require_output, to_model_device
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -77,7 +77,7 @@ class DANN(AdaptationMethod):
         self.classifier = DomainClassifier(self._embedding_size(model, source_loader), self.hidden)
 
     def _embedding_size(self, model: nn.Module, source_loader) -> int:
-        batch = next(iter(source_loader))
+        batch = to_model_device(next(iter(source_loader)), model)
         was_training = model.training
         model.eval()  # a dry run must not move BatchNorm statistics
         try:

@@ -85,6 +85,13 @@ class HistogramMatching(AdaptationMethod):
             pooled.add(images, "target images")
         self.reference_quantiles, self.reference_values = pooled.quantile_function()
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The reference's length is only known once fitted: take the saved one's shape.
+        for name in ("reference_quantiles", "reference_values"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def transform_images(self, images, domain):
         if domain == "target":
             return images
