@@ -32,6 +32,7 @@ from senolab.radiomics import (
     site_effect_before_after,
     site_effect_figure,
 )
+from senolab.radiomics.parameters import lesion_box_suffices
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -324,6 +325,15 @@ def test_optional_filters_from_a_user_file_add_filtered_features(tmp_path):
     assert any(c.startswith("log-sigma-2-0-mm-") and "_firstorder_" in c for c in columns), columns
     assert result.table["status"].tolist() == ["ok"]
     assert result.provenance["params"]["imageType"]["LoG"] == {"sigma": [2.0]}
+    # A filter reads pixels outside the lesion's box: the image must reach pyradiomics whole.
+    assert not lesion_box_suffices(params) and lesion_box_suffices(load_params().params)
+    import SimpleITK as sitk
+    from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+    image = sitk.GetImageFromArray(load_gray(cases[0]["image"]).astype(np.float64))
+    mask = sitk.GetImageFromArray(load_mask(cases[0]["masks"][0]).astype(np.uint8))
+    direct = RadiomicsFeatureExtractor(str(path)).execute(image, mask)
+    assert all(same(float(result.table.iloc[0][k]), float(direct[k])) for k in columns)
 
 
 def test_feature_table_round_trips_through_parquet_with_its_provenance(tmp_path):

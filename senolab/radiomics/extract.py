@@ -143,7 +143,8 @@ def _unhashable(case_id: str, lesion: int, stage: str, err: OSError) -> worker.O
 def _cost(row) -> float:
     # pyradiomics' time grows with the image (casts, label statistics) and the lesion
     # (texture matrices); the boxes are in the cohort table, so no decoding is needed.
-    boxes = getattr(row, "lesion_bboxes", None) or []
+    boxes = getattr(row, "lesion_bboxes", None)
+    boxes = [] if boxes is None else list(boxes)  # a list, or an array after a parquet round trip
     lesion_area = sum((b[2] - b[0]) * (b[3] - b[1]) for b in boxes if b is not None)
     return float(row.width * row.height) + 4.0 * lesion_area
 

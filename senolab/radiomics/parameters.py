@@ -91,6 +91,27 @@ def params_hash(params: dict[str, Any], version: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def lesion_box_suffices(params: dict[str, Any]) -> bool:
+    """Whether pyradiomics' features depend only on the pixels of the lesion's bounding box.
+
+    True for the original image without normalisation, resampling or resegmentation:
+    pyradiomics then crops image and mask to that box (no padding) before every feature
+    class, so a caller may crop first and get identical values for less work (casting,
+    label statistics and cropping of the whole image). False as soon as anything reads
+    pixels outside the box: filters (LoG, wavelet... and the square/log/exponential ones,
+    scaled by the whole image's maximum), normalisation, resampling, resegmentation.
+    """
+    setting = params.get("setting") or {}
+    image_types = params.get("imageType") or {"Original": {}}  # pyradiomics' default
+    return (
+        set(image_types) == {"Original"}
+        and not image_types["Original"]
+        and not setting.get("normalize", False)
+        and setting.get("resampledPixelSpacing") is None
+        and setting.get("resegmentRange") is None
+    )
+
+
 def _check_with_pyradiomics(params: dict[str, Any], path: Path) -> None:
     # pyradiomics validates against its own schema when an extractor is built from a dict.
     featureextractor = require("radiomics.featureextractor")

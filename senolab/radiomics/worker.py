@@ -9,7 +9,13 @@ Where the time goes, and what is done about it (see benchmarks/radiomics_through
 - pyradiomics logs at INFO for every feature class; its logger is raised to WARNING, so
   the records are not even created.
 - An image is decoded once per case, however many lesions it has.
-The values are pyradiomics' own: nothing here changes what is computed.
+- When the features depend only on the lesion's bounding box (the default parameters:
+  original image, no normalisation or resampling; see
+  :func:`senolab.radiomics.parameters.lesion_box_suffices`), image and mask are cropped
+  to that box before pyradiomics sees them: pyradiomics crops to the same box itself, so
+  only the work on the rest of the image (casts, label statistics) is saved.
+The values are pyradiomics' own: nothing here changes what is computed (the golden tests
+and the benchmark compare every feature with a direct pyradiomics call).
 """
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from senolab._optional import require
-from senolab.cohorts.imaging import READ_ERRORS, load_gray, load_mask
+from senolab.cohorts.imaging import READ_ERRORS, bbox_from_mask, load_gray, load_mask
+from senolab.radiomics.parameters import lesion_box_suffices
 
 # A pixel source: a file path, or an array for in-memory (synthetic) cohorts.
 Source = str | np.ndarray
@@ -60,14 +67,17 @@ class Outcome:
         return {"features": self.features, "error": self.error}
 
 
-_EXTRACTOR = None  # built once per worker process by init_worker
+# Set once per worker process by init_worker.
+_EXTRACTOR = None
+_CROP_TO_LESION = False
 
 
 def init_worker(params: dict[str, Any]) -> None:
     """Pool initializer: quiet, single-threaded pyradiomics with one extractor."""
-    global _EXTRACTOR
+    global _EXTRACTOR, _CROP_TO_LESION
     quiet_single_threaded()
     _EXTRACTOR = build_extractor(params)
+    _CROP_TO_LESION = lesion_box_suffices(params)
 
 
 def build_extractor(params: dict[str, Any]):
@@ -86,7 +96,7 @@ def quiet_single_threaded() -> None:
 @contextmanager
 def in_process(params: dict[str, Any]) -> Iterator[None]:
     """Run extraction in this process (``jobs=1``) and restore its ITK and logging state."""
-    global _EXTRACTOR
+    global _EXTRACTOR, _CROP_TO_LESION
     sitk = require("SimpleITK")
     logger = logging.getLogger("radiomics")
     threads, level = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), logger.level
@@ -94,7 +104,7 @@ def in_process(params: dict[str, Any]) -> Iterator[None]:
     try:
         yield
     finally:
-        _EXTRACTOR = None
+        _EXTRACTOR, _CROP_TO_LESION = None, False
         logger.setLevel(level)
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
@@ -105,7 +115,6 @@ def run_case(task: CaseTask) -> list[Outcome]:
         image = _read(task.image, load_gray)
     except READ_ERRORS as err:
         return [_failed(task, job, f"image read: {_describe(err)}") for job in task.lesions]
-    image_itk = to_itk_image(image, task.spacing_mm)
     outcomes = []
     for job in task.lesions:
         try:
@@ -116,13 +125,30 @@ def run_case(task: CaseTask) -> list[Outcome]:
         if mask.shape != image.shape:
             outcomes.append(_failed(task, job, f"mask size {mask.shape[::-1]} differs from image size {image.shape[::-1]}"))
             continue
+        pixels, lesion = lesion_box(image, mask) if _CROP_TO_LESION else (image, mask)
         try:
-            features = execute(_EXTRACTOR, image_itk, to_itk_mask(mask, task.spacing_mm))
+            features = execute(_EXTRACTOR, to_itk_image(pixels, task.spacing_mm), to_itk_mask(lesion, task.spacing_mm))
         except Exception as err:  # pyradiomics raises ValueError, IndexError, RuntimeError...
             outcomes.append(_failed(task, job, f"pyradiomics: {_describe(err)}"))
             continue
         outcomes.append(Outcome(task.case_id, job.lesion, job.key, features, None))
     return outcomes
+
+
+def lesion_box(image: np.ndarray, mask: np.ndarray, margin: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Image and mask cropped to the mask's bounding box plus ``margin`` pixels.
+
+    The margin changes no value (pyradiomics crops to the box itself) but keeps a
+    one-pixel lesion from becoming a 1x1 image, which pyradiomics reports as an empty mask
+    instead of a single voxel. An empty mask is returned whole, for pyradiomics to report.
+    """
+    box = bbox_from_mask(mask)
+    if box is None:
+        return image, mask
+    height, width = mask.shape
+    x0, y0 = max(box[0] - margin, 0), max(box[1] - margin, 0)
+    x1, y1 = min(box[2] + margin, width), min(box[3] + margin, height)
+    return image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
 
 
 def to_itk_image(image: np.ndarray, spacing_mm: float):
