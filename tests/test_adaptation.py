@@ -100,7 +100,7 @@ def run_steps(method: AdaptationMethod, model: nn.Module, source, target, steps:
     history = []
     for step in range(steps):
         s, t = source[step % len(source)], target[step % len(target)]
-        out = method(model, s, t if method.needs_target else None, step, steps)
+        out = method(model, s, t, step, steps)  # like the engine: a target batch whether needed or not
         loss = task_loss(out.source_out, s) + sum(out.losses.values())
         optimiser.zero_grad()
         loss.backward()

@@ -75,11 +75,14 @@ class AdaptationMethod(nn.Module):
 
     def forward(self, model: nn.Module, source_batch: Batch, target_batch: Batch | None,
                 step: int, total_steps: int) -> AdaptationStep:
-        """One training step: harmonise, run the model, and compute the method's losses."""
+        """One training step: harmonise, run the model, and compute the method's losses.
+
+        ``target_batch`` is ignored by methods that do not need one (``needs_target``).
+        """
         if self.needs_target and target_batch is None:
             raise ValueError(f"adaptation method {self.name!r} needs a target batch at every training step")
         source_batch = self.harmonise(source_batch, "source")
-        target = None if target_batch is None else self.harmonise(strip_labels(target_batch), "target")
+        target = self.harmonise(strip_labels(target_batch), "target") if self.needs_target else None
         if self.target_forward and target is not None:
             joint = model(concat_batches(source_batch, target))
             source_out, target_out = split_outputs(joint, batch_size(source_batch))
