@@ -4,9 +4,10 @@ Where the time goes, and what is done about it (see benchmarks/radiomics_through
 - pyradiomics' extractor validates its parameters with pykwalify when it is built: it is
   built once per worker (:func:`init_worker`), not once per lesion.
 - SimpleITK filters inside pyradiomics (cast, label statistics, crop) split every call
-  across ITK's threads; on these small 2D images the hand-over costs more than the
-  filtering (measured: 38 -> 16 ms per lesion on one BUSI sample), and the threads would
-  compete with the other worker processes. Workers run ITK single-threaded.
+  across ITK's threads; on these small 2D images the hand-over costs more than it saves
+  (single-threaded, pyradiomics took 20-55% less time per BUSI lesion, the less the
+  busier the machine), and the threads would compete with the other worker processes.
+  Workers run ITK single-threaded.
 - pyradiomics logs at INFO for every feature class; its logger is raised to WARNING, so
   the records are not even created.
 - An image is decoded once per case, however many lesions it has.
