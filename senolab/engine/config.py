@@ -39,19 +39,36 @@ class SplitConfig(Strict):
     """How cases are divided; always patient- and duplicate-group-disjoint.
 
     holdout: a stratified test fraction; kfold: fold ``fold`` of ``k`` is the test set;
-    official: a dataset's own folds (``name`` e.g. ``busbra:official_5fold``);
-    sites: whole sites as test (``test_sites``), the rest for training.
-    Validation cases for early stopping come from the training part (``val_fraction``).
+    official: a dataset's own folds (``name`` e.g. ``official_5fold`` for one cohort,
+    ``busbra:official_5fold`` in a study of several);
+    sites: whole sites as test (``test_sites``), the rest for training;
+    per_cohort: each cohort's test part from its own split, given in ``cohorts``
+    (cohort name -> split), e.g. BUS-BRA's official fold 1 plus a BUSI holdout.
+    Validation cases for early stopping come from the (pooled) training part
+    (``val_fraction``, ``seed``); a per-cohort split's own ``val_fraction`` is not read.
     """
 
-    kind: Literal["holdout", "kfold", "official", "sites"] = "holdout"
+    kind: Literal["holdout", "kfold", "official", "sites", "per_cohort"] = "holdout"
     test_fraction: float = Field(0.2, gt=0, lt=1)
     k: int = Field(5, ge=2)
     fold: int = Field(0, ge=0)
     name: str | None = None
     test_sites: list[str] = []
+    cohorts: dict[str, SplitConfig] = {}
     val_fraction: float = Field(0.15, gt=0, lt=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _cohorts_only_per_cohort(self):
+        if self.kind == "per_cohort":
+            if not self.cohorts:
+                raise ValueError("kind 'per_cohort' needs `cohorts`: a split for each cohort name")
+            nested = sorted(name for name, split in self.cohorts.items() if split.kind == "per_cohort")
+            if nested:
+                raise ValueError(f"cohorts {nested}: a cohort's own split cannot be 'per_cohort'")
+        elif self.cohorts:
+            raise ValueError(f"`cohorts` is only read when kind is 'per_cohort' (kind is {self.kind!r})")
+        return self
 
 
 class DataConfig(Strict):

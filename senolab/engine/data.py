@@ -6,6 +6,7 @@ near-duplicate group before anything is trained.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,10 +44,18 @@ def _load_one(name: str, config: DataConfig) -> Cohort:
 
 
 def assign_parts(table: pd.DataFrame, split: SplitConfig, cohort: Cohort | None = None) -> pd.Series:
-    """'train' / 'val' / 'test' per case_id, patient- and duplicate-disjoint."""
+    """'train' / 'val' / 'test' per case_id, patient- and duplicate-disjoint.
+
+    A test part fixed from outside (official folds, whole sites) cannot be regrouped
+    around near-duplicates, so training images in a duplicate group with a test image are
+    left out (part 'excluded', with a warning naming them) rather than leaked; holdout
+    and k-fold splits keep duplicate groups together and never need it.
+    """
     test = _test_mask(table, split, cohort)
     parts = pd.Series(np.where(test, "test", "train"), index=table["case_id"].values, name="part")
-    train_rows = table[~test]
+    excluded = _duplicates_of_test(table, test)
+    parts.loc[excluded] = "excluded"
+    train_rows = table[parts.loc[table["case_id"]].eq("train").to_numpy()]
     if len(train_rows):
         val = holdout(train_rows, split.val_fraction, seed=split.seed + 1)
         parts.loc[val.index[val == "test"]] = "val"
@@ -55,7 +64,22 @@ def assign_parts(table: pd.DataFrame, split: SplitConfig, cohort: Cohort | None 
     return parts
 
 
+def _duplicates_of_test(table: pd.DataFrame, test: np.ndarray) -> list[str]:
+    """case_ids outside the test part that share a duplicate group with a test case."""
+    if "duplicate_group" not in table.columns:
+        return []
+    groups = table["duplicate_group"]
+    leaking = ~test & groups.isin(set(groups[test])).to_numpy()
+    case_ids = table["case_id"][leaking].tolist()
+    if case_ids:
+        warnings.warn(f"{len(case_ids)} training image(s) are near-duplicates of test images and are left out of "
+                      f"training: {case_ids}", stacklevel=3)
+    return case_ids
+
+
 def _test_mask(table: pd.DataFrame, split: SplitConfig, cohort: Cohort | None) -> np.ndarray:
+    if split.kind == "per_cohort":
+        return _per_cohort_test_mask(table, split, cohort)
     if split.kind == "holdout":
         return (holdout(table, split.test_fraction, seed=split.seed).loc[table["case_id"]] == "test").to_numpy()
     if split.kind == "kfold":
@@ -67,11 +91,28 @@ def _test_mask(table: pd.DataFrame, split: SplitConfig, cohort: Cohort | None) -
             known = sorted(cohort.splits) if cohort is not None else []
             raise ValueError(f"split.name {split.name!r} is not an official split of these cohorts; known: {known}")
         folds = cohort.splits[split.name]
+        if split.fold not in set(folds):
+            # a fold the split does not have would silently leave the test part empty
+            raise ValueError(f"split.fold {split.fold} is not a fold of {split.name!r}; its folds: {sorted(set(folds))}")
         return table["case_id"].map(folds).eq(split.fold).to_numpy()
     unknown = sorted(set(split.test_sites) - set(table["site"]))
     if unknown or not split.test_sites:
         raise ValueError(f"split.test_sites {split.test_sites} must name sites among {sorted(table['site'].unique())}")
     return table["site"].isin(split.test_sites).to_numpy()
+
+
+def _per_cohort_test_mask(table: pd.DataFrame, split: SplitConfig, cohort: Cohort | None) -> np.ndarray:
+    """Each cohort's rows split by that cohort's own split config."""
+    names = table["cohort"]
+    missing, unknown = sorted(set(names) - set(split.cohorts)), sorted(set(split.cohorts) - set(names))
+    if missing or unknown:
+        raise ValueError(f"split.cohorts must give a split for every cohort of the study ({sorted(set(names))}): "
+                         f"missing {missing}, not in the study {unknown}")
+    test = np.zeros(len(table), dtype=bool)
+    for name, own in split.cohorts.items():
+        rows = (names == name).to_numpy()
+        test[rows] = _test_mask(table[rows], own, cohort)
+    return test
 
 
 @dataclass

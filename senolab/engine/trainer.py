@@ -124,10 +124,12 @@ class Trainer:
             began = time.perf_counter()
             self._seed_epoch(epoch)
             train_losses, step = self._train_epoch(epoch, step, progress)
+            train_seconds = time.perf_counter() - began  # without validation: for training throughput
             metrics = self._validate()
             elapsed += time.perf_counter() - began
             row = {"epoch": epoch, **train_losses, **metrics, "lr": self.scheduler.get_last_lr()[0],
-                   **{f"weight_{k}": v for k, v in self.balancer.weights().items()}, "seconds": elapsed}
+                   **{f"weight_{k}": v for k, v in self.balancer.weights().items()}, "seconds": elapsed,
+                   "train_seconds": train_seconds}
             result.history.append(row)
             self.balancer.end_epoch({k.removeprefix("loss_"): v for k, v in train_losses.items() if k.startswith("loss_")})
             score = metrics[cfg.early_stopping.metric]
