@@ -113,7 +113,7 @@ class CohortDataset(Dataset):
         self._tabular = metadata.transform(self.table) if metadata is not None else None
         self._radiomics = None
         if radiomics is not None:
-            self._radiomics = radiomics.reindex(self.table["case_id"]).to_numpy(np.float32)
+            self._radiomics = radiomics.reindex(self.table["case_id"]).to_numpy(np.float32, copy=True)
         self._cache: dict[int, Letterboxed] = {}
 
     def __len__(self) -> int:

@@ -33,6 +33,35 @@ def register(subparsers) -> None:
     study.set_defaults(func=run_study_command)
 
 
+    run = subparsers.add_parser("run", help="the main job: the whole study, tracked, with a report",
+                                description="cohorts -> radiomics -> fused multi-task model -> domain adaptation -> "
+                                "cross-site evaluation -> explanations -> MLflow -> report. With no CONFIG, the "
+                                "built-in quickstart on synthetic multi-site data.")
+    run.add_argument("config", type=Path, nargs="?", default=None, help="run YAML (default: the quickstart)")
+    run.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="run folder (default: %(default)s)")
+    run.add_argument("--tracking-uri", default=None, help="an MLflow server; default: sqlite store in the run folder")
+    run.add_argument("--quiet", action="store_true")
+    run.set_defaults(func=run_main_command)
+
+
+def run_main_command(args: argparse.Namespace) -> int:
+    from senolab.engine.config import ConfigError
+    from senolab.engine.main_job import load_run_config, run_main
+
+    try:
+        config = load_run_config(args.config)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.tracking_uri:
+        config = config.model_copy(update={"tracking_uri": args.tracking_uri})
+    report = run_main(config, args.out, progress=not args.quiet)
+    print((args.out / "report.md").read_text())
+    print(report["tracking"])
+    print(f"report: {(args.out / 'report.html').resolve()}")
+    return 0
+
+
 def run_study_command(args: argparse.Namespace) -> int:
     from senolab.engine.config import ConfigError
     from senolab.engine.study import load_study_config, run_study

@@ -96,15 +96,16 @@ def study_pairs(config: StudyConfig, sites: list[str]) -> list[PairSpec]:
     return config.pairs
 
 
-def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True) -> dict:
+def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, cohort=None) -> dict:
+    """Every (target, method, seed) run of the study; ``cohort`` skips loading it again."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
-    cohort = load_cohorts(config.base.data, progress)
+    cohort = cohort if cohort is not None else load_cohorts(config.base.data, progress)
     pairs = study_pairs(config, sorted(cohort.table["site"].unique()))
     rows, cases = [], []
     for pair in pairs:
-        data = _pair_data(config, cohort, pair)
+        data = pair_data(config, cohort, pair)
         for spec in config.methods:
             for seed in config.seeds:
                 run_dir = out / "runs" / pair.target / spec.name / f"seed{seed}"
@@ -120,7 +121,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True) -
     return summary
 
 
-def _pair_data(config: StudyConfig, cohort, pair: PairSpec) -> PreparedData:
+def pair_data(config: StudyConfig, cohort, pair: PairSpec) -> PreparedData:
     """Sources split train/val/source_test; the whole target site is 'test'."""
     table = cohort.table[cohort.table["site"].isin(pair.sources + [pair.target])]
     sub = type(cohort)(cohort.name, table.reset_index(drop=True), cohort.columns, cohort.splits, cohort.problems,

@@ -131,7 +131,7 @@ class Trainer:
                    **{f"weight_{k}": v for k, v in self.balancer.weights().items()}, "seconds": elapsed,
                    "train_seconds": train_seconds}
             result.history.append(row)
-            self.balancer.end_epoch({k.removeprefix("loss_"): v for k, v in train_losses.items() if k.startswith("loss_")})
+            self.balancer.end_epoch({t: train_losses[f"loss_{t}"] for t in self.model.tasks if f"loss_{t}" in train_losses})
             score = metrics[cfg.early_stopping.metric]
             if score > result.best_score:
                 result.best_score, result.best_epoch, bad_epochs = score, epoch, 0
@@ -164,8 +164,9 @@ class Trainer:
     def _train_epoch(self, epoch: int, step: int, progress: bool) -> tuple[dict, int]:
         self.model.train()
         self.method.train()
+        # per key: a task absent from a batch (no case could contribute) is not averaged in
         sums: dict[str, float] = {}
-        n = 0
+        counts: dict[str, int] = {}
         target_iter = iter(self.target_loader) if self.target_loader is not None else None
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.config.train.epochs}", leave=False,
                    disable=not progress, unit="batch")
@@ -186,13 +187,13 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             step += 1
-            n += 1
             logged = {"loss": total.item(), **{f"loss_{k}": v.item() for k, v in task_losses.items()},
                       **{f"loss_{k}": v.item() for k, v in out.losses.items()}}
             for k, v in logged.items():
                 sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
             bar.set_postfix(loss=f"{logged['loss']:.3f}")
-        return {k: v / max(1, n) for k, v in sums.items()}, step
+        return {k: v / counts[k] for k, v in sums.items()}, step
 
     def _validate(self) -> dict:
         """The model-selection score; by default on source validation cases only.

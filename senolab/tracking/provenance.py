@@ -33,6 +33,7 @@ def table_fingerprint(table: pd.DataFrame) -> str:
     (image files are identified by their paths in the table, not their pixels).
     """
     ordered = table.reindex(sorted(table.columns, key=str), axis=1)
-    text = ordered.astype(str).apply(lambda row: "\x1f".join(row), axis=1)
+    # str() per cell: under pandas 3 astype(str) leaves NaN and list cells as non-strings
+    text = ordered.map(str).apply(lambda row: "\x1f".join(row), axis=1)
     digest = hashlib.sha256("\x1e".join(sorted(text)).encode()).hexdigest()
     return digest[:16]
