@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: run test setup clean
 
 run: $(STAMP)
-	$(BIN)/senolab cohorts describe
+	$(BIN)/senolab run --out runs/quickstart
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
