@@ -319,7 +319,8 @@ def test_optional_filters_from_a_user_file_add_filtered_features(tmp_path):
     params["featureClass"] = {"firstorder": None, "shape2D": None}
     path = tmp_path / "log.yaml"
     path.write_text(yaml.safe_dump(params))
-    cases = [{"case_id": "c", "image": BUSI / "benign" / "benign (1).png", "masks": [BUSI / "benign" / "benign (1)_mask.png"]}]
+    cases = [{"case_id": "c", "image": BUSI / "benign" / "benign (1).png",
+              "masks": [BUSI / "benign" / "benign (1)_mask.png"]}]
     result = extract_features(cohort_of(cases), path, jobs=1, use_cache=False, progress=False)
     columns = feature_columns(result.table)
     assert any(c.startswith("log-sigma-2-0-mm-") and "_firstorder_" in c for c in columns), columns
@@ -460,7 +461,9 @@ def test_hygiene_steps_drop_constant_and_duplicate_features_and_standardise_on_t
     assert scaler.transform(test)["a"].mean() > 0.5  # test statistics are not used
     assert scaler.transform(train)["flat"].eq(0).all()
 
-    pipeline = build_pipeline(["drop_incomplete", "drop_constant", {"drop_correlated": {"threshold": 0.9}}, "standardise"])
+    pipeline = build_pipeline(
+        ["drop_incomplete", "drop_constant", {"drop_correlated": {"threshold": 0.9}}, "standardise"]
+    )
     out = pipeline.fit(X.iloc[:150]).transform(X.iloc[150:])
     assert list(out.columns) == ["a", "b", "c"]
     with pytest.raises(KeyError, match="unknown feature hygiene step 'combta'"):
@@ -489,7 +492,8 @@ def test_command_line_extracts_a_cohort_folder_and_describes_the_table(tmp_path,
 
     root = write(SyntheticConfig(images_per_site=4, image_size=64), tmp_path / "cohort", progress=False)
     out = tmp_path / "features.parquet"
-    args = ["radiomics", "extract", str(root), "--out", str(out), "-j", "2", "--cache", str(tmp_path / "cache"), "--quiet"]
+    args = ["radiomics", "extract", str(root), "--out", str(out), "-j", "2",
+            "--cache", str(tmp_path / "cache"), "--quiet"]
     assert main(args) == 0
     first = capsys.readouterr().out
     assert "computed" in first and "0 from cache" in first and str(out.resolve()) in first

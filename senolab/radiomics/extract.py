@@ -205,7 +205,8 @@ def _assemble(cohort: Cohort, outcomes: list[worker.Outcome]) -> pd.DataFrame:
         for index in range(n_masks):
             outcome = by_lesion[(row.case_id, index)]
             status = OK if outcome.error is None else FAILED
-            rows.append({**base, "lesion_index": index, "status": status, "error": outcome.error, **(outcome.features or {})})
+            features = outcome.features or {}
+            rows.append({**base, "lesion_index": index, "status": status, "error": outcome.error, **features})
     table = pd.DataFrame(rows, columns=[*ID_COLUMNS, *names])
     table["lesion_index"] = table["lesion_index"].astype("Int64")
     table["spacing_known"] = table["spacing_known"].astype(bool)

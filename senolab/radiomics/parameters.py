@@ -3,9 +3,9 @@
 A parameter file is YAML in pyradiomics' own schema and is validated by pyradiomics. On
 top of that senolab requires what its 2D extraction needs: ``force2D`` false (images are
 given to pyradiomics as true 2D images, see ``params/default_2d.yaml`` for why force2D
-would then drop a direction), the 3D ``shape`` class off, binary masks with label 1. :class:`RadiomicsParams` carries the parsed
-parameters, the pyradiomics version and a hash of both: the hash keys the cache and is
-recorded with every feature table.
+would then drop a direction), the 3D ``shape`` class off, binary masks with label 1.
+:class:`RadiomicsParams` carries the parsed parameters, the pyradiomics version and a hash
+of both: the hash keys the cache and is recorded with every feature table.
 """
 from __future__ import annotations
 
@@ -70,7 +70,9 @@ def load_params(path: str | Path | None = None) -> RadiomicsParams:
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML ({err})") from err
     if not isinstance(params, dict):
-        raise ParamsError(f"{path}: expected a mapping with imageType/featureClass/setting, got {type(params).__name__}")
+        raise ParamsError(
+            f"{path}: expected a mapping with imageType/featureClass/setting, got {type(params).__name__}"
+        )
     _check_with_pyradiomics(params, path)
     _check_2d(params, path)
     version = pyradiomics_version()

@@ -79,8 +79,8 @@ def site_effect_figure(
         labels = [f"{_short(f)}\nH={effect.loc[f, 'kruskal_h']:.0f}" for f in features]
         ax.set_xticks(np.arange(len(features)), labels, fontsize=7)
         ax.set_ylabel("z (all sites)")
-        ax.set_title(f"{panel}: median Kruskal-Wallis H over all features = {site_effect(X, sites)['kruskal_h'].median():.1f}",
-                     fontsize=9)
+        overall = site_effect(X, sites)["kruskal_h"].median()
+        ax.set_title(f"{panel}: median Kruskal-Wallis H over all features = {overall:.1f}", fontsize=9)
         ax.legend(fontsize=7, loc="upper right")
     if title:
         fig.suptitle(title, fontsize=10)

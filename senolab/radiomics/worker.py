@@ -125,7 +125,8 @@ def run_case(task: CaseTask) -> list[Outcome]:
             outcomes.append(_failed(task, job, f"mask read: {_describe(err)}"))
             continue
         if mask.shape != image.shape:
-            outcomes.append(_failed(task, job, f"mask size {mask.shape[::-1]} differs from image size {image.shape[::-1]}"))
+            sizes = f"mask size {mask.shape[::-1]} differs from image size {image.shape[::-1]}"
+            outcomes.append(_failed(task, job, sizes))
             continue
         pixels, lesion = lesion_box(image, mask) if _CROP_TO_LESION else (image, mask)
         try:
