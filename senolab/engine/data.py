@@ -162,14 +162,15 @@ def prepare(config: DataConfig, cohort: Cohort | None = None, progress: bool = T
 
 
 def _standardised_radiomics(path: str, train_ids: pd.Series) -> pd.DataFrame:
-    """One row of features per case (its first lesion), z-scored on the training cases.
+    """One row of features per case (its first listed lesion), z-scored on the training cases.
 
     Missing features (normal images, failed extractions) become 0, the training mean.
     """
     from senolab.radiomics import feature_columns, load_features
 
     table = load_features(path)
-    first = table.sort_values("lesion_index").groupby("case_id").first()
+    # one lesion's whole row: groupby().first() would mix lesions where values are NaN
+    first = table[table["lesion_index"] == 0].set_index("case_id")
     features = first[feature_columns(table)].astype(np.float64)
     train = features.reindex(train_ids)
     mean, std = train.mean(), train.std().replace(0, 1).fillna(1)
