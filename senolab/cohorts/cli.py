@@ -28,12 +28,7 @@ def run_describe(args: argparse.Namespace) -> int:
     from senolab.cohorts.dedup import mark_duplicates
     from senolab.cohorts.describe import describe, describe_figure, format_table
     from senolab.cohorts.readers import read_cohort
-    from senolab.cohorts.schema import CohortError
-    try:
-        cohorts = [read_cohort(root, strict=args.strict) for root in args.roots] or [_synthetic_default()]
-    except CohortError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cohorts = [read_cohort(root, strict=args.strict) for root in args.roots] or [_synthetic_default()]
     progress = not args.json
     summaries = [describe(mark_duplicates(c, progress=progress)) for c in cohorts]
     if args.json:

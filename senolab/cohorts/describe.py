@@ -8,14 +8,14 @@ import pandas as pd
 
 from senolab.cohorts.dedup import duplicate_report
 from senolab.cohorts.pixels import case_image
-from senolab.cohorts.schema import LABELS, Cohort
+from senolab.cohorts.schema import LABELS, Cohort, is_present
 
 
 def describe(cohort: Cohort) -> dict:
     """A JSON-ready summary of one cohort (``mark_duplicates`` must have run)."""
     t = cohort.table
     coverage = {
-        name: round(float(t[name].map(_present).mean()), 4) if len(t) else 0.0
+        name: round(float(t[name].map(is_present).mean()), 4) if len(t) else 0.0
         for name in cohort.columns
     }
     dups = duplicate_report(t)
@@ -39,14 +39,6 @@ def describe(cohort: Cohort) -> dict:
         "cross_label_duplicate_groups": int(dups["labels"].map(len).gt(1).sum()) if len(dups) else 0,
         "problems": [str(p) for p in cohort.problems],
     }
-
-
-def _present(value) -> bool:
-    if value is None:
-        return False
-    if isinstance(value, float):
-        return not np.isnan(value)
-    return True
 
 
 def format_table(summaries: list[dict]) -> str:

@@ -118,6 +118,15 @@ class Cohort:
         return self
 
 
+def is_present(value) -> bool:
+    """False for None and NaN (a missing metadata value), True otherwise."""
+    if value is None:
+        return False
+    if isinstance(value, float):
+        return not np.isnan(value)
+    return True
+
+
 def validate_table(table: pd.DataFrame, columns: dict[str, Column]) -> None:
     """Raise CohortError naming the column and what was expected."""
     missing = [c for c in CORE_COLUMNS if c not in table.columns]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from senolab.cohorts.schema import Column, Kind
+from senolab.cohorts.schema import Column, Kind, is_present
 
 
 class OutcomeInputError(ValueError):
@@ -103,23 +103,15 @@ class MetadataEncoder:
             values = table[field.name] if field.name in table.columns else pd.Series([None] * n)
             if field.kind is Kind.CATEGORICAL:
                 index = {level: i + 1 for i, level in enumerate(field.levels)}
-                cat[:, field.cat_index] = [index.get(str(v), 0) if _present(v) else 0 for v in values]
+                cat[:, field.cat_index] = [index.get(str(v), 0) if is_present(v) else 0 for v in values]
                 continue
             lo, hi = field.num_slice
             for row, value in enumerate(values):
-                if not _present(value) or (field.kind is Kind.ORDINAL and str(value) not in field.levels):
+                if not is_present(value) or (field.kind is Kind.ORDINAL and str(value) not in field.levels):
                     continue
                 missing[row, lo:hi] = False
                 num[row, lo:hi] = _encode_value(value, field)
         return num, missing, cat
-
-
-def _present(value) -> bool:
-    if value is None:
-        return False
-    if isinstance(value, float):
-        return not np.isnan(value)
-    return True
 
 
 def _encode_value(value, field: FieldSpec) -> np.ndarray | float:

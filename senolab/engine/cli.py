@@ -45,14 +45,9 @@ def register(subparsers) -> None:
 
 
 def run_main_command(args: argparse.Namespace) -> int:
-    from senolab.engine.config import ConfigError
     from senolab.engine.main_job import load_run_config, run_main
 
-    try:
-        config = load_run_config(args.config)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config = load_run_config(args.config)
     if args.tracking_uri:
         config = config.model_copy(update={"tracking_uri": args.tracking_uri})
     report = run_main(config, args.out, progress=not args.quiet)
@@ -63,14 +58,9 @@ def run_main_command(args: argparse.Namespace) -> int:
 
 
 def run_study_command(args: argparse.Namespace) -> int:
-    from senolab.engine.config import ConfigError
     from senolab.engine.study import load_study_config, run_study
 
-    try:
-        config = load_study_config(args.config)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config = load_study_config(args.config)
     out = args.out or Path("runs") / config.name
     run_study(config, out, progress=not args.quiet)
     print((out / "results.md").read_text())
@@ -79,14 +69,10 @@ def run_study_command(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from senolab.engine.config import ConfigError, load_config
+    from senolab.engine.config import load_config
     from senolab.engine.experiment import train_and_evaluate
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config = load_config(args.config)
     out = args.out or Path("runs") / config.name
     summary = train_and_evaluate(config, out, progress=not args.quiet)
     _print_aggregates(summary)

@@ -148,8 +148,8 @@ class ExperimentConfig(Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
-    """Read and validate a YAML config; ``overrides`` are merged in (nested dicts)."""
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file's top-level mapping, or a ConfigError naming the file and the problem."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -159,15 +159,25 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    return parse_config(_merge(raw, overrides or {}), source=str(path))
+    return raw
 
 
-def parse_config(raw: dict, source: str = "config") -> ExperimentConfig:
+def validate(model: type[BaseModel], raw: dict, source: str):
+    """``model.model_validate(raw)`` with errors as ``source: dotted.key: message`` lines."""
     try:
-        return ExperimentConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as err:
         lines = [f"{source}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
         raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
+    """Read and validate a YAML config; ``overrides`` are merged in (nested dicts)."""
+    return parse_config(_merge(read_yaml_mapping(path), overrides or {}), source=str(path))
+
+
+def parse_config(raw: dict, source: str = "config") -> ExperimentConfig:
+    return validate(ExperimentConfig, raw, source)
 
 
 def _merge(base: dict, extra: dict) -> dict:

@@ -13,12 +13,11 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import yaml
-from pydantic import ValidationError
 
-from senolab.engine.config import ConfigError, DataConfig, ExperimentConfig, ModelConfig, Strict, SyntheticOptions, \
-    TrainConfig, EvaluationConfig, HeadsConfig
-from senolab.engine.study import MethodSpec, PairSpec, StudyConfig, pair_data, run_study, study_pairs
+from senolab.engine.config import (ConfigError, DataConfig, EvaluationConfig, ExperimentConfig, HeadsConfig,
+                                   ModelConfig, Strict, SyntheticOptions, TrainConfig, read_yaml_mapping, validate)
+from senolab.engine.study import (MethodSpec, PairSpec, StudyConfig, method_names_as_specs, pair_data, run_study,
+                                  study_pairs)
 
 
 class RadiomicsStep(Strict):
@@ -60,17 +59,10 @@ def quickstart_config() -> RunConfig:
 def load_run_config(path: str | Path | None) -> RunConfig:
     if path is None:
         return quickstart_config()
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-        methods = raw.get("study", {}).get("methods")
-        if isinstance(methods, list):
-            raw["study"]["methods"] = [{"name": m} if isinstance(m, str) else m for m in methods]
-        return RunConfig.model_validate(raw)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config") from None
-    except ValidationError as err:
-        raise ConfigError("\n".join(f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
+    raw = read_yaml_mapping(path)
+    if isinstance(raw.get("study"), dict) and "methods" in raw["study"]:
+        raw["study"]["methods"] = method_names_as_specs(raw["study"]["methods"])
+    return validate(RunConfig, raw, str(path))
 
 
 def run_main(config: RunConfig, out_dir: str | Path, progress: bool = True) -> dict:

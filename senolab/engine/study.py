@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from senolab.adaptation import METHODS
 from senolab.cohorts.splits import check_leakage, holdout
-from senolab.engine.config import ConfigError, ExperimentConfig, Strict
+from senolab.engine.config import ConfigError, ExperimentConfig, Strict, read_yaml_mapping, validate
 from senolab.engine.data import PreparedData, load_cohorts, prepare
 from senolab.engine.predict import predict
 from senolab.engine.trainer import Trainer
@@ -66,21 +66,21 @@ class StudyConfig(Strict):
 
 
 def load_study_config(path: str | Path) -> StudyConfig:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-        methods = raw.get("methods")
-        if isinstance(methods, list):  # "methods: [erm, dann]" is shorthand for names
-            raw["methods"] = [{"name": m} if isinstance(m, str) else m for m in methods]
-        config = StudyConfig.model_validate(raw)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such study config") from None
-    except ValidationError as err:
-        raise ConfigError("\n".join(f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
+    raw = read_yaml_mapping(path)
+    if "methods" in raw:
+        raw["methods"] = method_names_as_specs(raw["methods"])
+    config = validate(StudyConfig, raw, str(path))
     unknown = [m.name for m in config.methods if m.name not in METHODS]
     if unknown:
         raise ConfigError(f"{path}: methods: unknown {unknown}; known: {METHODS.names()}")
     return config
+
+
+def method_names_as_specs(methods):
+    """``methods: [erm, dann]`` is shorthand for ``[{name: erm}, {name: dann}]``."""
+    if not isinstance(methods, list):
+        return methods
+    return [{"name": m} if isinstance(m, str) else m for m in methods]
 
 
 def study_pairs(config: StudyConfig, sites: list[str]) -> list[PairSpec]:
