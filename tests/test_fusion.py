@@ -1,6 +1,8 @@
 """Fusion modules: contract, missing-feature masking, missing modalities, inductive graph, outcome opt-in."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -96,6 +98,7 @@ def with_some_missing(batch: dict) -> dict:
     out["meta_num_missing"][::2] = True
     out["radiomics"] = batch["radiomics"].clone()
     out["radiomics"][1::3] = 0.0
+    out["radiomics"][2, 1] = float("nan")  # a failed feature: the row counts as missing
     return out
 
 
@@ -282,3 +285,124 @@ def test_outcome_columns_are_refused_as_inputs_unless_opted_in():
     opted = MetadataEncoder(COLUMNS, ["age", "birads"], opt_in=["birads"]).fit(table)
     fusion = build_fusion("concat", 16, TabularInputs(tuple(opted.fields)), dim=16, heads=2)
     assert [f.name for f in fusion.tabular.encoder.inputs.fields] == ["age", "birads"]
+
+
+# ------------------------------------------------------------------------- synthetic: fusion helps
+
+
+def _labelled_tensors(data, part: str) -> dict:
+    dataset = data.dataset(part, augment=False)
+    items = [item for item in (dataset[i] for i in range(len(dataset))) if bool(item["has_label"])]
+    return {k: torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k]) else [it[k] for it in items]
+            for k in items[0]}
+
+
+def _trained_auc(name: str, data, train: dict, test: dict, epochs: int = 12, seed: int = 0) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    from senolab.models import multitask_losses
+
+    torch.manual_seed(seed)
+    image_encoder = build_encoder("unet", widths=(4, 8, 16), decoder=False)
+    fusion = None if name == "image_only" else build_fusion(
+        name, image_encoder.embedding_dim, TabularInputs.from_data(data), num_classes=2, dim=16, heads=2)
+    model = MultiTaskModel(image_encoder, {"cls": {"num_classes": 2}}, fusion)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    order = torch.Generator().manual_seed(seed)
+    n = len(train["case_id"])
+    for _ in range(epochs):
+        model.train()
+        for rows in torch.randperm(n, generator=order).split(32):
+            batch = {k: v[rows] if torch.is_tensor(v) else [v[i] for i in rows] for k, v in train.items()}
+            loss = multitask_losses(model(batch), batch)["cls"]
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    model.eval()
+    with torch.no_grad():
+        score = torch.softmax(model(test)["logits"], 1)[:, 1]
+    return roc_auc_score(test["label"].numpy(), score.numpy())
+
+
+def test_on_the_synthetic_cohort_every_fusion_beats_the_image_alone():
+    """Synthetic metadata follow the label independently of the image (age: 60 vs 47 years,
+    sd 13, alone an AUC near 0.76; symptoms and family history add to it). A small image
+    model trained briefly on 32-pixel images is far weaker, so a fusion that uses the
+    metadata must beat it; one that ignored them would tie."""
+    from senolab.engine.config import DataConfig, SplitConfig, SyntheticOptions
+    from senolab.engine.data import prepare
+
+    data = prepare(DataConfig(synthetic=SyntheticOptions(n_sites=1, images_per_site=300, image_size=64, seed=0),
+                              image_size=32, augment=False, deduplicate=False,
+                              split=SplitConfig(kind="holdout", test_fraction=0.4, val_fraction=0.1, seed=0)),
+                   progress=False)
+    assert "birads" not in [f.name for f in data.metadata.fields]
+    train, test = _labelled_tensors(data, "train"), _labelled_tensors(data, "test")
+    image_auc = _trained_auc("image_only", data, train, test)
+    fused = {name: _trained_auc(name, data, train, test) for name in ("concat", "cross_attention", "graph")}
+    for name, auc in fused.items():
+        assert auc >= image_auc + 0.03, f"{name}: AUC {auc:.3f} vs image only {image_auc:.3f}"
+
+
+# ------------------------------------------------------------------------- the ablation command
+
+TINY_ABLATION = """
+name: tiny_fusion
+data:
+  cohorts: [synthetic]
+  synthetic: {n_sites: 2, images_per_site: 30, image_size: 64, seed: 0}
+  image_size: 32
+  classes: binary
+  opt_in_outcomes: [birads]
+  split: {kind: kfold, val_fraction: 0.25, seed: 0}
+  augment: false
+model:
+  encoder: unet
+  encoder_options: {widths: [4, 8, 16]}
+  heads: {classification: true, segmentation: false, bbox: false}
+loss: {balancer: fixed}
+train: {epochs: 1, batch_size: 16, seed: 0}
+evaluation: {bootstrap: 50}
+ablation:
+  folds: 2
+  fusions: [graph]
+  modalities: [[metadata]]
+  finetune: {train: {epochs: 1}}
+  fusion_options: {graph: {dim: 8, heads: 2, depth: 1, k: 3}}
+"""
+
+
+def test_fusion_ablate_command_writes_one_row_per_variant_and_prints_an_outcome_opt_in(tmp_path, capsys):
+    from senolab.cli import main
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_ABLATION)
+    out = tmp_path / "out"
+    assert main(["fusion", "ablate", str(config), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "OUTCOME OPT-IN: birads" in printed and "| graph+metadata |" in printed
+    results = pd.read_csv(out / "results.csv")
+    assert results["method"].tolist() == ["image_only", "graph+metadata"]
+    assert results.loc[1, ["auc", "auc_lo", "auc_hi", "delta_auc", "delong_p"]].notna().all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"config", "aggregates", "cases"} <= set(summary)
+    assert summary["ablation"]["opted_in_outcomes"] == ["birads"]
+    assert set(summary["aggregates"]) == {"image_only", "graph+metadata"}
+    assert (out / "ablation_auc.png").stat().st_size > 0
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    # every labelled case is predicted once per variant, out of fold
+    assert predictions.groupby("method")["case_id"].apply(lambda c: c.is_unique).all()
+    assert predictions.groupby("method").size().nunique() == 1
+
+
+def test_ablation_config_errors_name_the_key(tmp_path):
+    from senolab.engine.config import ConfigError
+    from senolab.fusion.ablation import load_ablation
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY_ABLATION.replace("{graph: {dim: 8,", "{graph: {dimension: 8,"))
+    with pytest.raises(ConfigError, match="fusion_options.graph: unknown options \\['dimension'\\]"):
+        load_ablation(bad)
+    bad.write_text(TINY_ABLATION.replace("finetune: {train: {epochs: 1}}", "finetune: {train: {epoch: 1}}"))
+    with pytest.raises(ConfigError, match="train.epoch"):
+        load_ablation(bad)

@@ -8,13 +8,23 @@ model, data and training) with an ``ablation`` section::
       fusions: [concat, cross_attention, graph]
       modalities: [[metadata], [radiomics], [metadata, radiomics]]
       fusion_options: {graph: {k: 8, conv: sage}}  # per fusion
+      finetune: {train: {epochs: 6, lr: 0.001}}  # stage-2 overrides of the config (null: from scratch)
       radiomics_params: null                     # pyradiomics parameters, when data.radiomics is unset
 
-Every variant (image only, then each fusion x each modality set) is trained with the
-engine's :class:`~senolab.engine.trainer.Trainer` on the same folds with the same seed,
-and predicts its fold's test part; the out-of-fold predictions of all folds are pooled
-so every case is predicted once per variant. Per variant: AUC (malignant vs benign) with
-a patient-bootstrap interval, and DeLong's paired test against image only.
+Two stages per fold, both with the engine's :class:`~senolab.engine.trainer.Trainer`
+on the same split and seed. Stage 1 trains the image model of the base config. Stage 2
+trains every variant (image only, then each fusion x each modality set) end to end,
+starting from the stage-1 encoder, with the ``finetune`` overrides of the config (e.g.
+fewer epochs, a lower learning rate, no segmentation head; ``finetune: null`` trains
+every variant from scratch with the base settings instead). The image-only reference goes through the same stage 2 without fusion, so a
+variant differs from it by its fusion alone, not by extra training. Why the warm
+start: a small cohort does not teach an image encoder from scratch in the few epochs
+each of ten variants per fold can afford on a CPU, and a fusion trained from scratch
+would then be compared with an image model that never converged.
+
+Each variant predicts its fold's test part; the out-of-fold predictions of all folds are
+pooled so every case is predicted once per variant. Per variant: AUC (malignant vs
+benign) with a patient-bootstrap interval, and DeLong's paired test against image only.
 
 Outcome columns (BI-RADS, diagnosis, ...) are inputs only when the config opts in by
 name (``data.opt_in_outcomes``), and an opt-in is printed with the results.
@@ -24,7 +34,8 @@ DeLong p against image only), ``ablation.md`` (the same table), ``ablation_auc.p
 (AUC with CI bars per variant), ``summary.json`` (DESIGN.md shape, per-site aggregates
 of every variant, plus an ``ablation`` section), ``predictions.parquet`` (every
 out-of-fold prediction) and ``runs/fold<k>/<variant>/`` (each run's predictions and
-history; a rerun with the same config reuses them).
+history, and the stage-1 encoder in ``runs/fold<k>/pretrained_image/``; a rerun with
+the same config reuses them).
 """
 from __future__ import annotations
 
@@ -37,10 +48,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from senolab.engine.config import ConfigError, ExperimentConfig, parse_config
+from senolab.engine.config import ConfigError, ExperimentConfig, _merge, parse_config
 from senolab.fusion.base import FUSIONS, fusion_options
 
 SECTION = "ablation"
@@ -57,6 +69,7 @@ class AblationOptions(BaseModel):
     fusions: list[str] = ["concat", "cross_attention", "graph"]
     modalities: list[list[Modality]] = [["metadata"], ["radiomics"], ["metadata", "radiomics"]]
     fusion_options: dict[str, dict[str, Any]] = {}
+    finetune: dict[str, Any] | None = {"train": {"epochs": 6, "lr": 0.001, "warmup_epochs": 0}}
     radiomics_params: str | None = None
     radiomics_jobs: int | None = Field(None, ge=1)
 
@@ -75,6 +88,11 @@ class AblationOptions(BaseModel):
         if any(not m for m in self.modalities):
             raise ValueError("modalities: every entry must name at least one of metadata, radiomics")
         return self
+
+    def finetuning(self, config: ExperimentConfig, encoder_checkpoint: Path) -> ExperimentConfig:
+        """Stage 2: the base config with the ``finetune`` overrides, starting from the stage-1 encoder."""
+        overrides = _merge(self.finetune or {}, {"model": {"checkpoint": str(encoder_checkpoint)}})
+        return parse_config(_merge(config.model_dump(), overrides), source=f"{SECTION}.finetune")
 
     @property
     def uses_radiomics(self) -> bool:
@@ -136,7 +154,10 @@ def load_ablation(path: str | Path) -> tuple[ExperimentConfig, AblationOptions]:
         lines = [f"{path}: {SECTION}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}".replace(".: ", ": ")
                  for e in err.errors()]
         raise ConfigError("\n".join(lines)) from None
-    return parse_config(raw, source=str(path)), options
+    config = parse_config(raw, source=str(path))
+    if options.finetune is not None:
+        options.finetuning(config, Path("stage-1 encoder"))  # a bad override is named now, not after stage 1
+    return config, options
 
 
 # ------------------------------------------------------------------------- running
@@ -169,9 +190,12 @@ def run_ablation(config: ExperimentConfig, options: AblationOptions, out_dir: st
         fold_config = _fold_config(config, options.folds, fold)
         data = prepare(fold_config.data, cohort=cohort, progress=False)
         opted_in = data.metadata.opted_in if data.metadata is not None else []
+        runs = out / "runs" / f"fold{fold}"
+        if options.finetune is not None:
+            encoder = _pretrained_encoder(Variant(None).configure(fold_config), data, runs / "pretrained_image", progress)
+            fold_config = options.finetuning(fold_config, encoder)
         for variant in variants:
-            run_dir = out / "runs" / f"fold{fold}" / variant.slug
-            table = _run_variant(variant.configure(fold_config), data, run_dir, progress)
+            table = _run_variant(variant.configure(fold_config), data, runs / variant.slug, progress)
             tables.append(table.assign(method=variant.name, fold=fold))
     predictions = pd.concat(tables, ignore_index=True)
     predictions.to_parquet(out / "predictions.parquet")
@@ -203,28 +227,58 @@ def _check_inputs(cohort, variants: list[Variant]) -> None:
         raise ValueError(f"cohort {cohort.name!r} has no metadata columns; drop 'metadata' from ablation.modalities")
 
 
+def _pretrained_encoder(config: ExperimentConfig, data, run_dir: Path, progress: bool) -> Path:
+    """Stage 1: the fold's image-only model; its encoder weights start every variant of stage 2."""
+    weights = run_dir / "encoder.pt"
+    if not _reusable(run_dir, config, weights):
+        model = _train(config, data, run_dir, progress)
+        torch.save(model.encoder.state_dict(), weights)
+        _stamp(run_dir, config)
+    return weights
+
+
 def _run_variant(config: ExperimentConfig, data, run_dir: Path, progress: bool) -> pd.DataFrame:
     """Test-part predictions of one variant on one fold (reused when this exact run exists)."""
     from senolab.engine.predict import predict
-    from senolab.engine.trainer import Trainer
+    from senolab.engine.trainer import pick_device
     from senolab.fusion.graph import refresh_population
 
-    done, stamp = run_dir / "predictions.parquet", run_dir / "config.json"
-    fingerprint = json.dumps(config.model_dump(), sort_keys=True, default=str)
-    if done.exists() and stamp.exists() and stamp.read_text() == fingerprint:
+    done = run_dir / "predictions.parquet"
+    if _reusable(run_dir, config, done):
         return pd.read_parquet(done)
+    model = _train(config, data, run_dir, progress)
+    device, batch = pick_device(config.train.device), config.train.batch_size
+    # the population graph's nodes: the training cases, embedded by the final encoder
+    refresh_population(model, data.loader("train", batch, augment=False), device)
+    table = predict(model, data.loader("test", batch), data, device)
+    table.to_parquet(done)
+    _stamp(run_dir, config)
+    return table
+
+
+def _train(config: ExperimentConfig, data, run_dir: Path, progress: bool) -> torch.nn.Module:
+    """The engine's Trainer; checkpoints go to a temporary folder, the history to ``run_dir``."""
+    from senolab.engine.trainer import Trainer
+
     run_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="senolab-ablation-") as checkpoints:
-        trainer = Trainer(config, data, checkpoints)
-        result = trainer.fit(resume=False, progress=progress)
-    model, batch = result.model, config.train.batch_size
-    # the population graph's nodes: the training cases, embedded by the final encoder
-    refresh_population(model, data.loader("train", batch, augment=False), trainer.device)
-    table = predict(model, data.loader("test", batch), data, trainer.device)
+        result = Trainer(config, data, checkpoints).fit(resume=False, progress=progress)
     pd.DataFrame(result.history).to_csv(run_dir / "history.csv", index=False)
-    table.to_parquet(done)
-    stamp.write_text(fingerprint)
-    return table
+    return result.model
+
+
+def _fingerprint(config: ExperimentConfig) -> str:
+    return json.dumps(config.model_dump(), sort_keys=True, default=str)
+
+
+def _reusable(run_dir: Path, config: ExperimentConfig, product: Path) -> bool:
+    """Whether ``product`` was made by a run of exactly this config (a rerun then skips it)."""
+    stamp = run_dir / "config.json"
+    return product.exists() and stamp.exists() and stamp.read_text() == _fingerprint(config)
+
+
+def _stamp(run_dir: Path, config: ExperimentConfig) -> None:
+    (run_dir / "config.json").write_text(_fingerprint(config))
 
 
 # ------------------------------------------------------------------------- reporting
@@ -314,10 +368,10 @@ def plot_ablation(table: pd.DataFrame, path: Path, title: str) -> Path:
 
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(table) + 1.4))
     y = np.arange(len(table))[::-1]
-    errors = np.vstack([table["auc"] - table["auc_lo"], table["auc_hi"] - table["auc"]])
-    colours = ["black" if f == REFERENCE else "tab:blue" for f in table["fusion"]]
-    ax.errorbar(table["auc"], y, xerr=errors, fmt="none", ecolor=colours, capsize=3)
-    ax.scatter(table["auc"], y, c=colours, zorder=3)
+    for row, position in zip(table.itertuples(index=False), y):
+        colour = "black" if row.fusion == REFERENCE else "tab:blue"
+        ax.errorbar([row.auc], [position], xerr=[[row.auc - row.auc_lo], [row.auc_hi - row.auc]], fmt="o",
+                    color=colour, capsize=3)
     reference = table.loc[table["fusion"] == REFERENCE, "auc"]
     if len(reference):
         ax.axvline(float(reference.iloc[0]), color="grey", linestyle="--", linewidth=1, label="image only")

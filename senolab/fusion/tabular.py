@@ -17,7 +17,8 @@ Radiomics features (already standardised on the training cases by data preparati
 become one token per pyradiomics feature class (``original_glcm_Contrast`` belongs to
 ``glcm``) or a single MLP token. A case whose radiomics row is all exact zeros is treated
 as missing: that row is what data preparation writes for a case without features (a
-normal image, a failed extraction), and a real standardised row is never exactly zero.
+normal image, a failed extraction), and a real standardised row is never exactly zero;
+so is a row holding NaN.
 
 The layout of the batch tensors is described by the fitted
 :class:`senolab.cohorts.tabular.MetadataEncoder`'s ``fields`` and by the radiomics column
@@ -180,8 +181,8 @@ def feature_class(name: str) -> str:
 
 
 def radiomics_present(values: torch.Tensor) -> torch.Tensor:
-    """(B,) True where a case has radiomics features (see the module docstring)."""
-    return (values != 0).any(1)
+    """(B,) True where a case has radiomics features: a finite row that is not all zeros (module docstring)."""
+    return torch.isfinite(values).all(1) & (values != 0).any(1)
 
 
 @RADIOMICS_TOKENISERS.register("classes")
@@ -235,6 +236,8 @@ class RadiomicsTokeniser(nn.Module):
                 f"batch 'radiomics' has {values.shape[1]} features; this model was built for {len(self.features)}"
             )
         absent = ~radiomics_present(values)
+        # zeroed, not only masked: a NaN times a zero gradient is still a NaN weight gradient
+        values = torch.where(absent[:, None], torch.zeros_like(values), values)
         tokens = self.tokenise(values)
         tokens = torch.where(absent[:, None, None], torch.zeros_like(tokens), tokens) + self.identity
         return Tokens(tokens, absent[:, None].expand(rows, n_tokens))
