@@ -200,4 +200,26 @@ def _explain(model, data, method: str, step: ExplainStep, folder: Path, progress
     path = folder / "explanations" / "pointing_game.csv"
     table.to_csv(path, index=False)
     files.append(path)
+    files += _tabular_attributions(model, data, folder / "explanations", step.max_cases)
     return {"files": files, "pointing_game": table.to_dict("records")}
+
+
+def _tabular_attributions(model, data, folder: Path, max_cases: int) -> list[Path]:
+    """Feature ablation per clinical field and radiomics class, per site (sources and target)."""
+    from senolab.explain import feature_ablation, mean_abs_by_cohort, tabular_bar_chart, tabular_groups
+
+    fields = data.metadata.fields if data.metadata is not None else []
+    radiomics = list(data.radiomics.columns) if data.radiomics is not None else []
+    if getattr(model, "fusion", None) is None or not (fields or radiomics):
+        return []
+    groups = tabular_groups(fields, radiomics)
+    tables, sites = [], []
+    for part in ("source_test", "test"):
+        batch = next(iter(data.loader(part, max_cases)))
+        tables.append(feature_ablation(model, batch, groups))
+        sites += [data.sites[i] for i in batch["site"].tolist()]
+    attributions = pd.concat(tables)
+    table = folder / "tabular_attributions.csv"
+    attributions.assign(site=sites).to_csv(table)
+    chart = tabular_bar_chart(mean_abs_by_cohort(attributions, sites), folder / "tabular_attributions.png")
+    return [table, chart]
