@@ -10,8 +10,10 @@ STAMP := $(VENV)/.installed
 run: $(STAMP)
 	$(BIN)/senolab run --out runs/quickstart
 
+# Two workers with one torch thread each (tests/conftest.py): steadier than one process
+# with two OpenMP threads, which stall whenever anything else shares the cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 setup: $(STAMP)
 
