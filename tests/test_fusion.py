@@ -383,16 +383,23 @@ def test_fusion_ablate_command_writes_one_row_per_variant_and_prints_an_outcome_
     assert "OUTCOME OPT-IN: birads" in printed and "| graph+metadata |" in printed
     results = pd.read_csv(out / "results.csv")
     assert results["method"].tolist() == ["image_only", "graph+metadata"]
-    assert results.loc[1, ["auc", "auc_lo", "auc_hi", "delta_auc", "delong_p"]].notna().all()
+    assert results.loc[1, ["auc", "auc_lo", "auc_hi", "delta_auc", "delong_p", "auc_tabular_withheld"]].notna().all()
+    assert np.isnan(results.loc[0, "auc_tabular_withheld"])  # image only has nothing to withhold
     summary = json.loads((out / "summary.json").read_text())
     assert {"config", "aggregates", "cases"} <= set(summary)
     assert summary["ablation"]["opted_in_outcomes"] == ["birads"]
-    assert set(summary["aggregates"]) == {"image_only", "graph+metadata"}
+    assert set(summary["aggregates"]) == {"image_only", "graph+metadata", "graph+metadata [tabular withheld]"}
     assert (out / "ablation_auc.png").stat().st_size > 0
     predictions = pd.read_parquet(out / "predictions.parquet")
     # every labelled case is predicted once per variant, out of fold
     assert predictions.groupby("method")["case_id"].apply(lambda c: c.is_unique).all()
     assert predictions.groupby("method").size().nunique() == 1
+    withheld = predictions[predictions["method"] == "graph+metadata [tabular withheld]"]
+    assert np.isfinite(withheld["prob_malignant"]).all()
+    # a rerun with the same config reuses every run instead of training again
+    before = {p: p.stat().st_mtime for p in (out / "runs").rglob("*.parquet")}
+    assert main(["fusion", "ablate", str(config), "--out", str(out), "--quiet"]) == 0
+    assert {p: p.stat().st_mtime for p in (out / "runs").rglob("*.parquet")} == before
 
 
 def test_ablation_config_errors_name_the_key(tmp_path):

@@ -29,8 +29,12 @@ benign) with a patient-bootstrap interval, and DeLong's paired test against imag
 Outcome columns (BI-RADS, diagnosis, ...) are inputs only when the config opts in by
 name (``data.opt_in_outcomes``), and an opt-in is printed with the results.
 
+Missing modalities are measured, not assumed: every fused variant also predicts its
+test part with all tabular inputs withheld (as for a cohort that records none, such as
+BUSI), and the table reports that AUC next to the full one.
+
 Written to DIR: ``results.csv`` (one row per variant: pooled AUC with CI, difference and
-DeLong p against image only), ``ablation.md`` (the same table), ``ablation_auc.png``
+DeLong p against image only, AUC with the tabular inputs withheld), ``ablation.md`` (the same table), ``ablation_auc.png``
 (AUC with CI bars per variant), ``summary.json`` (DESIGN.md shape, per-site aggregates
 of every variant, plus an ``ablation`` section), ``predictions.parquet`` (every
 out-of-fold prediction) and ``runs/fold<k>/<variant>/`` (each run's predictions and
@@ -39,6 +43,7 @@ the same config reuses them).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -50,9 +55,9 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from senolab.engine.config import ConfigError, ExperimentConfig, _merge, parse_config
+from senolab.engine.config import ConfigError, ExperimentConfig, _merge, parse_config, read_yaml_mapping, validate
 from senolab.fusion.base import FUSIONS, fusion_options
 
 SECTION = "ablation"
@@ -118,6 +123,15 @@ class Variant:
         return "+".join([self.fusion, *self.modalities]) + (" (transductive)" if self.transductive else "")
 
     @property
+    def withheld(self) -> str:
+        """The method name of this variant's predictions with every tabular input withheld at test."""
+        return f"{self.name} [tabular withheld]"
+
+    @property
+    def methods(self) -> list[str]:
+        return [self.name, self.withheld] if self.fusion else [self.name]
+
+    @property
     def slug(self) -> str:
         return self.name.replace(" (transductive)", "_transductive")
 
@@ -136,24 +150,11 @@ def plan_variants(options: AblationOptions) -> list[Variant]:
 
 def load_ablation(path: str | Path) -> tuple[ExperimentConfig, AblationOptions]:
     """Read an ablation config: the experiment, and its ``ablation`` section."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path)
     section = raw.pop(SECTION, None)
     if section is None:
         raise ConfigError(f"{path}: no '{SECTION}' section; an ablation config needs one (see senolab.fusion.ablation)")
-    try:
-        options = AblationOptions.model_validate(section)
-    except ValidationError as err:
-        lines = [f"{path}: {SECTION}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}".replace(".: ", ": ")
-                 for e in err.errors()]
-        raise ConfigError("\n".join(lines)) from None
+    options = validate(AblationOptions, section, f"{path}: {SECTION}")
     config = parse_config(raw, source=str(path))
     if options.finetune is not None:
         options.finetuning(config, Path("stage-1 encoder"))  # a bad override is named now, not after stage 1
@@ -195,8 +196,8 @@ def run_ablation(config: ExperimentConfig, options: AblationOptions, out_dir: st
             encoder = _pretrained_encoder(Variant(None).configure(fold_config), data, runs / "pretrained_image", progress)
             fold_config = options.finetuning(fold_config, encoder)
         for variant in variants:
-            table = _run_variant(variant.configure(fold_config), data, runs / variant.slug, progress)
-            tables.append(table.assign(method=variant.name, fold=fold))
+            predicted = _run_variant(variant.configure(fold_config), data, runs / variant.slug, progress)
+            tables += [table.assign(method=name, fold=fold) for name, table in zip(variant.methods, predicted)]
     predictions = pd.concat(tables, ignore_index=True)
     predictions.to_parquet(out / "predictions.parquet")
     table, summary, markdown = _report(predictions, variants, config, options, opted_in, out, progress)
@@ -237,23 +238,29 @@ def _pretrained_encoder(config: ExperimentConfig, data, run_dir: Path, progress:
     return weights
 
 
-def _run_variant(config: ExperimentConfig, data, run_dir: Path, progress: bool) -> pd.DataFrame:
-    """Test-part predictions of one variant on one fold (reused when this exact run exists)."""
+def _run_variant(config: ExperimentConfig, data, run_dir: Path, progress: bool) -> list[pd.DataFrame]:
+    """Test-part predictions of one variant on one fold: as is, and (fused variants) with the
+    tabular inputs withheld, as for a cohort that records none. Reused when this exact run exists."""
     from senolab.engine.predict import predict
     from senolab.engine.trainer import pick_device
     from senolab.fusion.graph import refresh_population
 
-    done = run_dir / "predictions.parquet"
-    if _reusable(run_dir, config, done):
-        return pd.read_parquet(done)
+    products = [run_dir / "predictions.parquet"]
+    if config.model.fusion is not None:
+        products.append(run_dir / "predictions_tabular_withheld.parquet")
+    if all(_reusable(run_dir, config, p) for p in products):
+        return [pd.read_parquet(p) for p in products]
     model = _train(config, data, run_dir, progress)
     device, batch = pick_device(config.train.device), config.train.batch_size
     # the population graph's nodes: the training cases, embedded by the final encoder
     refresh_population(model, data.loader("train", batch, augment=False), device)
-    table = predict(model, data.loader("test", batch), data, device)
-    table.to_parquet(done)
+    without_tabular = dataclasses.replace(data, metadata=None, radiomics=None)
+    tables = [predict(model, source.loader("test", batch), source, device)
+              for source in (data, without_tabular)[: len(products)]]
+    for table, path in zip(tables, products):
+        table.to_parquet(path)
     _stamp(run_dir, config)
-    return table
+    return tables
 
 
 def _train(config: ExperimentConfig, data, run_dir: Path, progress: bool) -> torch.nn.Module:
@@ -315,7 +322,7 @@ def ablation_table(aggregates: dict, comparisons: dict[str, pd.DataFrame], varia
 
     rows = []
     for variant in variants:
-        auc = aggregates[variant.name][POOLED].get("auc", {"value": np.nan, "ci": [np.nan, np.nan], "n": 0})
+        auc = _pooled_auc(aggregates, variant.name)
         row = {"method": variant.name, "site": POOLED, "fusion": variant.fusion or REFERENCE,
                "modalities": "+".join(variant.modalities) or "image", "transductive": variant.transductive,
                "n_cases": auc.get("n", 0), "auc": auc["value"], "auc_lo": auc["ci"][0], "auc_hi": auc["ci"][1],
@@ -323,8 +330,18 @@ def ablation_table(aggregates: dict, comparisons: dict[str, pd.DataFrame], varia
         if variant.name in comparisons:
             pooled = comparisons[variant.name].set_index("site").loc[POOLED]
             row["delta_auc"], row["delong_p"] = pooled["auc_b"] - pooled["auc_a"], pooled["p"]
+        withheld = _pooled_auc(aggregates, variant.withheld)  # none for image only
+        row.update(auc_tabular_withheld=withheld["value"], auc_tabular_withheld_lo=withheld["ci"][0],
+                   auc_tabular_withheld_hi=withheld["ci"][1])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _pooled_auc(aggregates: dict, method: str) -> dict:
+    from senolab.evaluation import POOLED
+
+    missing = {"value": np.nan, "ci": [np.nan, np.nan], "n": 0}
+    return aggregates.get(method, {}).get(POOLED, {}).get("auc", missing)
 
 
 def markdown_report(table: pd.DataFrame, opted_in: list[str], folds: int, name: str) -> str:
@@ -334,11 +351,14 @@ def markdown_report(table: pd.DataFrame, opted_in: list[str], folds: int, name: 
         lines += [f"**OUTCOME OPT-IN: {', '.join(opted_in)} are model inputs (they encode the answer).**", ""]
     else:
         lines += ["Outcome columns (BI-RADS, diagnosis, ...) are not inputs.", ""]
-    lines += ["| variant | AUC | 95% CI | ΔAUC vs image only | DeLong p |", "|---|---|---|---|---|"]
+    lines += ["| variant | AUC | 95% CI | ΔAUC vs image only | DeLong p | AUC, tabular withheld at test |",
+              "|---|---|---|---|---|---|"]
     for row in table.itertuples(index=False):
         delta = "" if np.isnan(row.delta_auc) else f"{row.delta_auc:+.3f}"
         p = "" if np.isnan(row.delong_p) else f"{row.delong_p:.3g}"
-        lines.append(f"| {row.method} | {row.auc:.3f} | [{row.auc_lo:.3f}, {row.auc_hi:.3f}] | {delta} | {p} |")
+        withheld = ("" if np.isnan(row.auc_tabular_withheld) else
+                    f"{row.auc_tabular_withheld:.3f} [{row.auc_tabular_withheld_lo:.3f}, {row.auc_tabular_withheld_hi:.3f}]")
+        lines.append(f"| {row.method} | {row.auc:.3f} | [{row.auc_lo:.3f}, {row.auc_hi:.3f}] | {delta} | {p} | {withheld} |")
     lines += ["", verdict(table)]
     return "\n".join(lines) + "\n"
 
@@ -356,6 +376,11 @@ def verdict(table: pd.DataFrame, alpha: float = 0.05) -> str:
     text += f"; {len(worse)} are significantly worse." if len(worse) else "; none is significantly worse."
     if better.empty:
         text += " On these data, fusion adds no significant discrimination over the image model."
+    withheld = fused["auc_tabular_withheld"].dropna()
+    if len(withheld):
+        reference = table.loc[table["fusion"] == REFERENCE, "auc"]
+        text += (f" With every tabular input withheld at test, the fused variants reach AUC {withheld.min():.3f} to "
+                 f"{withheld.max():.3f}" + (f" (image only: {float(reference.iloc[0]):.3f})." if len(reference) else "."))
     return text
 
 

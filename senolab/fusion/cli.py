@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -22,14 +21,9 @@ def register(subparsers) -> None:
 
 
 def run_ablate(args: argparse.Namespace) -> int:
-    from senolab.engine.config import ConfigError
     from senolab.fusion.ablation import load_ablation, run_ablation
 
-    try:
-        config, options = load_ablation(args.config)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config, options = load_ablation(args.config)
     out = args.out or Path("runs") / config.name
     result = run_ablation(config, options, out, progress=not args.quiet)
     print(result.markdown)

@@ -22,7 +22,7 @@ which other cases are evaluated with them; results label it as transductive.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
@@ -142,7 +142,8 @@ def similarity_blocks(nodes: Nodes, inputs: TabularInputs) -> list[Block]:
         values = nodes.radiomics
         if values.shape[1] == 0:
             values = torch.zeros(len(nodes), len(inputs.radiomics_features), device=nodes.image.device)
-        blocks.append(Block(values, radiomics_present(values)[:, None].expand_as(values)))
+        present = radiomics_present(values)[:, None].expand_as(values)
+        blocks.append(Block(torch.where(present, values, torch.zeros_like(values)), present))
     return blocks
 
 
