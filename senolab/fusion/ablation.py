@@ -399,10 +399,9 @@ def plot_ablation(table: pd.DataFrame, path: Path, title: str) -> Path:
                     color=colour, capsize=3)
     reference = table.loc[table["fusion"] == REFERENCE, "auc"]
     if len(reference):
-        ax.axvline(float(reference.iloc[0]), color="grey", linestyle="--", linewidth=1, label="image only")
-        ax.legend(loc="lower right")
+        ax.axvline(float(reference.iloc[0]), color="grey", linestyle="--", linewidth=1)
     ax.set_yticks(y, table["method"])
-    ax.set_xlabel("AUC, malignant vs benign (95% patient-bootstrap CI)")
+    ax.set_xlabel("AUC, malignant vs benign (95% patient-bootstrap CI)\ndashed line: image only")
     ax.set_title(f"Fusion ablation: {title}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
