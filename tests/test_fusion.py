@@ -182,6 +182,21 @@ def test_modality_dropout_hides_the_tabular_inputs_of_some_training_cases(encode
     assert (dropped & ~kept).any() and not (kept & ~dropped).any()
 
 
+def test_decision_fusion_stacks_or_averages_per_modality_logits(encoder_and_batch):
+    encoder, batch = encoder_and_batch
+    stacked = small_model("decision", inputs_of(encoder), combine="stack").eval()
+    assert stacked.fusion.embedding_dim == 4
+    with torch.no_grad():
+        out = stacked(with_all_missing(batch))["embedding"]
+    assert torch.equal(out[:, 2:], torch.zeros(N, 2))  # no tabular input: no tabular vote
+    averaged = small_model("decision", inputs_of(encoder)).eval()
+    with torch.no_grad():
+        image_logits = averaged.fusion.image_classifier(averaged.encoder(batch["image"]).embedding)
+        torch.testing.assert_close(averaged(with_all_missing(batch))["embedding"], image_logits)
+    with pytest.raises(ValueError, match="combine must be one of"):
+        small_model("decision", inputs_of(encoder), combine="vote")
+
+
 def test_fusion_options_are_checked_by_name():
     with pytest.raises(TypeError, match="unknown options \\['dimension'\\]"):
         build_fusion("concat", 16, TabularInputs(radiomics_features=tuple(RADIOMICS)), dimension=8)
