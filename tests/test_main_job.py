@@ -41,3 +41,9 @@ def test_quickstart_runs_end_to_end_and_tracks(tmp_path):
     runs = mlflow.search_runs(experiment_names=["quickstart"])
     assert len(runs) == 4  # a parent per method, a child for the target site each
     assert set(runs["tags.transductive"]) == {"true", "false"}
+
+    # a second call on the finished folder (as `make run` twice) redoes nothing and logs nothing twice
+    stamp = (out / "study" / "runs" / "site_c" / "erm" / "seed0" / "best.pt").stat().st_mtime_ns
+    run_main(reduced_quickstart(), out, progress=False)
+    assert (out / "study" / "runs" / "site_c" / "erm" / "seed0" / "best.pt").stat().st_mtime_ns == stamp
+    assert len(mlflow.search_runs(experiment_names=["quickstart"])) == 4

@@ -142,6 +142,11 @@ def _per_method(study: StudyConfig, explain: ExplainStep, cohort, run, out: Path
     return rows
 
 
+def _logged(run, method: str) -> bool:
+    """Whether an earlier call of this run already recorded the method (a re-run logs nothing twice)."""
+    return method in {record.parent.tags.get("method") for record in run.methods()}
+
+
 def _one_method(study: StudyConfig, explain: ExplainStep, data, pair: PairSpec, method: str, run, out: Path,
                 progress: bool) -> dict:
     from senolab.adaptation import METHODS
@@ -161,9 +166,10 @@ def _one_method(study: StudyConfig, explain: ExplainStep, data, pair: PairSpec, 
     model = _trained_model(study, data, run_dir, method)
     explained = _explain(model, data, method, explain, folder, progress)
     files += explained["files"]
-    run.write_model(method, model, study.base.model_dump())
-    run.log_method(method, evaluation.aggregates[method], target, transductive=METHODS.get(method).transductive,
-                   files=files)
+    if not _logged(run, method):
+        run.write_model(method, model, study.base.model_dump())
+        run.log_method(method, evaluation.aggregates[method], target,
+                       transductive=METHODS.get(method).transductive, files=files)
     return {"method": method, "target": pair.target, "transductive": METHODS.get(method).transductive,
             "pointing_game": explained["pointing_game"], "figures": [str(f) for f in files]}
 
