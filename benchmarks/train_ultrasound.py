@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -96,6 +97,8 @@ def speed_figures(model: torch.nn.Module, data, history: pd.DataFrame, batch_siz
         "train_gflop_per_image": train_flops / 1e9,
         "achieved_train_gflop_per_s": train_flops * images_per_s / 1e9,
         "inference_ms_per_image_1_thread": inference_ms(model, data.image_size, repeats=50),
+        "inference_cpu_ms_per_image_1_thread": inference_ms(model, data.image_size, repeats=50,
+                                                            clock=time.thread_time),
         "parameters": count_params(model),
     }
 
@@ -113,7 +116,8 @@ def print_report(quality: list[dict], speed: dict, context: dict) -> None:
     print(f"training: {speed['train_images_per_s']:.1f} images/s, {speed['train_gflop_per_image']:.2f} GFLOP/image "
           f"(forward + backward), {speed['achieved_train_gflop_per_s']:.1f} GFLOP/s achieved")
     print(f"inference: {speed['inference_gflop_per_image']:.2f} GFLOP/image, "
-          f"{speed['inference_ms_per_image_1_thread']:.1f} ms/image at {context['image_size']} px on one thread")
+          f"{speed['inference_ms_per_image_1_thread']:.1f} ms/image at {context['image_size']} px on one thread "
+          f"(wall clock; {speed['inference_cpu_ms_per_image_1_thread']:.1f} ms of that thread's CPU time)")
     print(f"parameters: {speed['parameters'] / 1e6:.2f} M; torch threads {context['threads']}, DataLoader workers "
           f"{context['num_workers']}; load average {context['load_start']:.1f} at start, {context['load_end']:.1f} "
           f"at end (1-minute, {os.cpu_count()} cores); wall-clock budget {context['time_budget_s']} s")
@@ -123,8 +127,10 @@ def print_report(quality: list[dict], speed: dict, context: dict) -> None:
         if site in by_site:
             value = by_site[site][metric][0]
             print(f"  {TEST_NAMES[site]} {metric} {value:.3f} (target >= {target}): {'met' if value >= target else 'NOT met'}")
-    ms = speed["inference_ms_per_image_1_thread"]
-    print(f"  inference {ms:.1f} ms (target <= {INFERENCE_TARGET_MS}): {'met' if ms <= INFERENCE_TARGET_MS else 'NOT met'}")
+    for clock in ("", "cpu_"):
+        ms = speed[f"inference_{clock}ms_per_image_1_thread"]
+        print(f"  inference {ms:.1f} {clock}ms (target <= {INFERENCE_TARGET_MS}): "
+              f"{'met' if ms <= INFERENCE_TARGET_MS else 'NOT met'}")
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ OFFICIAL = "site_a:official"
 @pytest.fixture(scope="module")
 def two_cohorts():
     """A synthetic study whose two sites pose as two cohorts; site_a has 'official' folds 1..3."""
-    cohort = generate(SyntheticOptions(n_sites=2, images_per_site=30, image_size=64).build())
+    cohort = generate(SyntheticOptions(n_sites=2, images_per_site=48, image_size=64).build())
     table = cohort.table
     table["cohort"] = table["site"]
     table["duplicate_group"] = table["case_id"]
