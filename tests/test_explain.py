@@ -6,6 +6,9 @@ faithful explanation must concentrate inside the lesion mask.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -332,3 +335,21 @@ def test_graph_explanation_node_and_edge_masks():
     # Two GCN layers see two hops: nodes 0..2 matter for node 0, nodes 3.. cannot.
     per_node = result.node_mask.abs().sum(1)
     assert (per_node[:3] > 0).all() and (per_node[3:] == 0).all()
+
+
+def test_figure_helpers_leave_the_matplotlib_backend_alone(tmp_path):
+    """A notebook's inline backend must survive senolab's figures: they draw on bare Figures."""
+    script = f"""
+import matplotlib, pandas as pd
+matplotlib.use("pdf")
+from senolab.explain.figures import tabular_bar_chart
+from senolab.fusion.ablation import plot_ablation
+tabular_bar_chart(pd.DataFrame({{"age": [0.3], "margin": [0.1]}}, index=["breast"]), {str(tmp_path / "bars.png")!r})
+table = pd.DataFrame({{"fusion": ["image_only", "concat"], "method": ["image_only", "concat+metadata"],
+                      "auc": [0.7, 0.8], "auc_lo": [0.6, 0.7], "auc_hi": [0.8, 0.9]}})
+plot_ablation(table, {str(tmp_path / "ablation.png")!r}, "check")
+print(matplotlib.get_backend())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "pdf"
+    assert (tmp_path / "bars.png").stat().st_size > 0 and (tmp_path / "ablation.png").stat().st_size > 0

@@ -75,14 +75,12 @@ def format_table(summaries: list[dict]) -> str:
 
 def describe_figure(cohorts: list[Cohort], path: str | Path, sample: int = 60, seed: int = 0) -> Path:
     """Class balance per cohort and per-site intensity histograms, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, (ax_cls, ax_hist) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_cls, ax_hist = fig.subplots(1, 2)
     width = 0.8 / max(1, len(cohorts))
     for i, cohort in enumerate(cohorts):
         counts = [int((cohort.table["label"] == label).sum()) for label in LABELS]
@@ -103,5 +101,4 @@ def describe_figure(cohorts: list[Cohort], path: str | Path, sample: int = 60, s
     ax_hist.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

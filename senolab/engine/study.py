@@ -306,15 +306,12 @@ def _plain(value):
 
 def embedding_figure(out: Path, pairs: list[PairSpec], config: StudyConfig) -> Path:
     """t-SNE of source and target embeddings, one row per target, one panel per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from sklearn.manifold import TSNE
 
     seed = config.seeds[0]
-    fig, axes = plt.subplots(len(pairs), len(config.methods), figsize=(3.2 * len(config.methods), 3 * len(pairs)),
-                             squeeze=False)
+    fig = Figure(figsize=(3.2 * len(config.methods), 3 * len(pairs)))
+    axes = fig.subplots(len(pairs), len(config.methods), squeeze=False)
     for i, pair in enumerate(pairs):
         for j, spec in enumerate(config.methods):
             saved = np.load(out / "runs" / pair.target / spec.name / f"seed{seed}" / "embeddings.npz")
@@ -331,5 +328,4 @@ def embedding_figure(out: Path, pairs: list[PairSpec], config: StudyConfig) -> P
     fig.tight_layout()
     path = out / "embeddings_tsne.png"
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

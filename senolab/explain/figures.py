@@ -4,14 +4,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+# A bare Figure draws on its own Agg canvas: no pyplot state, so a notebook's inline backend is left alone.
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # figures are files; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from senolab.explain.image import ImageExplanations  # noqa: E402
+from senolab.explain.image import ImageExplanations
 
 
 def case_grid(explanations: ImageExplanations, path: str | Path, max_cases: int = 6, title: str = "") -> Path:
@@ -22,7 +20,8 @@ def case_grid(explanations: ImageExplanations, path: str | Path, max_cases: int 
     n = min(max_cases, len(explanations.case_id))
     if n == 0:
         raise ValueError("case_grid: no case to draw")
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+    fig = Figure(figsize=(7.5, 2.5 * n))
+    axes = fig.subplots(n, 3, squeeze=False)
     for row in range(n):
         image = explanations.image[row].mean(0).numpy()
         mask = explanations.mask[row].amax(0).numpy()
@@ -68,7 +67,8 @@ def tabular_bar_chart(importance: pd.DataFrame, path: str | Path, top: int = 15)
     if importance.empty:
         raise ValueError("tabular_bar_chart: no attribution to draw")
     n = len(importance)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 0.35 * min(top, importance.shape[1]) + 1.5), squeeze=False)
+    fig = Figure(figsize=(4.2 * n, 0.35 * min(top, importance.shape[1]) + 1.5))
+    axes = fig.subplots(1, n, squeeze=False)
     for ax, (cohort, row) in zip(axes[0], importance.iterrows()):
         shown = row.sort_values(ascending=True).tail(top)
         ax.barh(shown.index.astype(str), shown.to_numpy(), color="tab:blue")
@@ -83,7 +83,6 @@ def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -386,12 +386,10 @@ def verdict(table: pd.DataFrame, alpha: float = 0.05) -> str:
 
 def plot_ablation(table: pd.DataFrame, path: Path, title: str) -> Path:
     """AUC with its CI per variant, image only as a reference line."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(table) + 1.4))
+    fig = Figure(figsize=(7, 0.45 * len(table) + 1.4))
+    ax = fig.subplots()
     y = np.arange(len(table))[::-1]
     for row, position in zip(table.itertuples(index=False), y):
         colour = "black" if row.fusion == REFERENCE else "tab:blue"
@@ -405,5 +403,4 @@ def plot_ablation(table: pd.DataFrame, path: Path, title: str) -> Path:
     ax.set_title(f"Fusion ablation: {title}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

@@ -55,16 +55,15 @@ def site_effect_figure(
     """One row of per-site box plots per panel (e.g. ``{"before": X, "after": X_combat}``)
     for ``features``, each feature z-scored over all sites within its panel."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sites = np.asarray([str(s) for s in sites])
     names = sorted(set(sites))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 1.6 * len(features)), 3.2 * len(panels)), squeeze=False)
-    colours = plt.get_cmap("tab10").colors
+    fig = Figure(figsize=(max(6.0, 1.6 * len(features)), 3.2 * len(panels)))
+    axes = fig.subplots(len(panels), 1, squeeze=False)
+    colours = matplotlib.colormaps["tab10"].colors
     width = 0.8 / len(names)
     for ax, (panel, X) in zip(axes[:, 0], panels.items()):
         effect = site_effect(X[list(features)], sites)
@@ -86,7 +85,6 @@ def site_effect_figure(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
