@@ -4,10 +4,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pandas as pd
+import pytest
 import yaml
 
 from senolab.cli import main
 from senolab.cohorts.synthetic import DESIGNED_SITES, SyntheticConfig, generate
+from senolab.engine.config import ConfigError
 from senolab.engine.study import load_study_config, run_study
 
 TINY_STUDY = {
@@ -71,3 +73,14 @@ def test_under_a_strong_site_shift_an_adaptation_method_beats_erm(tmp_path):
     assert adapted["site_classifier_acc"] < erm["site_classifier_acc"] - 0.15
     assert adapted["auc"] > erm["auc"] + 0.15
     assert adapted["auc_lo"] > 0.5, "the adapted model's target AUC must be above chance with its CI"
+
+
+def test_one_method_twice_needs_a_label_per_entry(tmp_path):
+    methods = [{"name": "coral", "options": {"weight": 1}}, {"name": "coral", "options": {"weight": 100}}]
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**TINY_STUDY, "methods": methods}))
+    with pytest.raises(ConfigError, match=r"\['coral'\] appear more than once"):
+        load_study_config(path)
+    methods[1]["label"] = "coral_w100"
+    path.write_text(yaml.safe_dump({**TINY_STUDY, "methods": methods}))
+    assert [(m.name, m.label) for m in load_study_config(path).methods] == [("coral", "coral"), ("coral", "coral_w100")]

@@ -32,7 +32,6 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str | Path, progress: 
     _write_preprocessing(out, data)
     trainer = Trainer(config, data, out)
     result = trainer.fit(progress=progress)
-    pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
     table = predict(result.model, data.loader("test", config.train.batch_size), data, trainer.device)
     return _write_evaluation(table, out, config, config.model_dump(), progress)
 

@@ -138,7 +138,7 @@ def _per_method(study: StudyConfig, explain: ExplainStep, cohort, run, out: Path
     for pair in study_pairs(study, sorted(cohort.table["site"].unique())):
         data = pair_data(study, cohort, pair)
         for spec in study.methods:
-            rows.append(_one_method(study, explain, data, pair, spec.name, run, out, progress))
+            rows.append(_one_method(study, explain, data, pair, spec, run, out, progress))
     return rows
 
 
@@ -147,12 +147,13 @@ def _logged(run, method: str) -> bool:
     return method in {record.parent.tags.get("method") for record in run.methods()}
 
 
-def _one_method(study: StudyConfig, explain: ExplainStep, data, pair: PairSpec, method: str, run, out: Path,
+def _one_method(study: StudyConfig, explain: ExplainStep, data, pair: PairSpec, spec: MethodSpec, run, out: Path,
                 progress: bool) -> dict:
     from senolab.adaptation import METHODS
     from senolab.evaluation import evaluate
     from senolab.evaluation.plots import plot_reliability, plot_roc_by_site
 
+    method, transductive = spec.label, METHODS.get(spec.name).transductive
     seed = study.seeds[0]
     run_dir = out / "study" / "runs" / pair.target / method / f"seed{seed}"
     predictions = pd.read_parquet(run_dir / "predictions.parquet")
@@ -163,18 +164,18 @@ def _one_method(study: StudyConfig, explain: ExplainStep, data, pair: PairSpec, 
     figures = folder / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     files = [plot_roc_by_site(target, figures / "roc.png"), plot_reliability(target, figures / "reliability.png")]
-    model = _trained_model(study, data, run_dir, method)
+    model = _trained_model(study, data, run_dir, spec)
     explained = _explain(model, data, method, explain, folder, progress)
     files += explained["files"]
     if not _logged(run, method):
         run.write_model(method, model, study.base.model_dump())
         run.log_method(method, evaluation.aggregates[method], target,
-                       transductive=METHODS.get(method).transductive, files=files)
-    return {"method": method, "target": pair.target, "transductive": METHODS.get(method).transductive,
+                       transductive=transductive, files=files)
+    return {"method": method, "target": pair.target, "transductive": transductive,
             "pointing_game": explained["pointing_game"], "figures": [str(f) for f in files]}
 
 
-def _trained_model(study: StudyConfig, data, run_dir: Path, method: str):
+def _trained_model(study: StudyConfig, data, run_dir: Path, spec: MethodSpec):
     """The selected checkpoint of a study run, adapted to the target as the study predicted it."""
     from senolab.adaptation import METHODS
     from senolab.engine.checkpoint import load_checkpoint
@@ -183,7 +184,7 @@ def _trained_model(study: StudyConfig, data, run_dir: Path, method: str):
     model = model_from_config(study.base, data)
     best = load_checkpoint(run_dir / "best.pt")
     model.load_state_dict(best["model"])
-    adaptation = METHODS.build(method, **next(m.options for m in study.methods if m.name == method))
+    adaptation = METHODS.build(spec.name, **spec.options)
     if best.get("method"):
         adaptation.load_state_dict(best["method"], strict=False)
     target_loader = data.loader("test", study.base.train.batch_size, labelled=False)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from senolab.adaptation import METHODS
 from senolab.cohorts.splits import check_leakage, holdout
@@ -46,6 +46,14 @@ SELECTION_METRICS = {"source_val": "val_score", "target_entropy": "target_neg_en
 class MethodSpec(Strict):
     name: str
     options: dict[str, Any] = {}
+    # How results, run folders and figures name this entry (default: the method's name); two
+    # entries of one method, e.g. CORAL at two weights, need a label each.
+    label: str = ""
+
+    @model_validator(mode="after")
+    def _label_defaults_to_name(self):
+        self.label = self.label or self.name
+        return self
 
 
 class PairSpec(Strict):
@@ -63,6 +71,15 @@ class StudyConfig(Strict):
     selection: Literal["source_val", "target_entropy", "oracle"] = "source_val"
     source_test_fraction: float = Field(0.2, gt=0, lt=1)
     embedding_figure: bool = True
+
+    @model_validator(mode="after")
+    def _labels_are_unique(self):
+        labels = [m.label for m in self.methods]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"methods: {repeated} appear more than once; give each entry its own label "
+                             "(e.g. {name: coral, options: {weight: 10}, label: coral_w10})")
+        return self
 
 
 def load_study_config(path: str | Path) -> StudyConfig:
@@ -108,7 +125,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, c
         data = pair_data(config, cohort, pair)
         for spec in config.methods:
             for seed in config.seeds:
-                run_dir = out / "runs" / pair.target / spec.name / f"seed{seed}"
+                run_dir = out / "runs" / pair.target / spec.label / f"seed{seed}"
                 result = _run_once(config, data, spec, seed, run_dir, progress)
                 rows.append(result["row"])
                 cases.append(pd.read_parquet(run_dir / "predictions.parquet"))
@@ -162,11 +179,11 @@ def _run_once(config: StudyConfig, data: PreparedData, spec: MethodSpec, seed: i
     source = predict(trained.model, data.loader("source_test", base.train.batch_size), data, trainer.device,
                      harmonise=lambda b: method.harmonise(b, "source"))
     table = pd.concat([target.assign(domain="target"), source.assign(domain="source")], ignore_index=True)
-    table = table.assign(method=spec.name, seed=seed, transductive=method.transductive, selection=config.selection)
+    table = table.assign(method=spec.label, seed=seed, transductive=method.transductive, selection=config.selection)
     table.to_parquet(run_dir / "predictions.parquet")
     site_acc = domain_gap(_embeddings(adapted, trained.model, data, method, trainer.device, base.train.batch_size),
                           run_dir)
-    row = _result_row(table, spec.name, seed, method.transductive, config, site_acc, trained.best_epoch)
+    row = _result_row(table, spec.label, seed, method.transductive, config, site_acc, trained.best_epoch)
     result = {"row": row}
     done.write_text(json.dumps(result, indent=1, default=float))
     return result
@@ -314,13 +331,13 @@ def embedding_figure(out: Path, pairs: list[PairSpec], config: StudyConfig) -> P
     axes = fig.subplots(len(pairs), len(config.methods), squeeze=False)
     for i, pair in enumerate(pairs):
         for j, spec in enumerate(config.methods):
-            saved = np.load(out / "runs" / pair.target / spec.name / f"seed{seed}" / "embeddings.npz")
+            saved = np.load(out / "runs" / pair.target / spec.label / f"seed{seed}" / "embeddings.npz")
             x, domain = saved["x"], saved["domain"]
             xy = TSNE(n_components=2, perplexity=min(30, max(5, len(x) // 5)), random_state=0, init="pca").fit_transform(x)
             ax = axes[i, j]
             for value, name, colour in ((0, "source", "tab:blue"), (1, f"target {pair.target}", "tab:red")):
                 ax.scatter(*xy[domain == value].T, s=6, alpha=0.6, c=colour, label=name)
-            ax.set_title(f"{spec.name} -> {pair.target}", fontsize=9)
+            ax.set_title(f"{spec.label} -> {pair.target}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:

@@ -2,7 +2,8 @@
 
 AdamW with linear warm-up then cosine decay, gradient clipping, early stopping on a
 validation score, a checkpoint every epoch that stores the config and resumes exactly,
-per-task loss weights logged every epoch, and a progress bar with loss and metrics.
+per-task loss weights logged every epoch (``history.csv`` in the run folder, rewritten
+after each epoch, so a run in progress can be watched), and a progress bar with loss and metrics.
 
 Reproducibility on CPU: the shuffling generator, the augmentation draw and the global
 torch RNG are all re-seeded from (seed, epoch) at the start of each epoch, so a run
@@ -16,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -86,6 +88,7 @@ class Trainer:
                  method: str = "erm", method_options: dict | None = None, target_part: str | None = None,
                  selection=None):
         self.config, self.data, self.out_dir = config, data, Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.selection = selection  # callable(trainer) -> extra validation metrics
         self.device = pick_device(config.train.device)
         seed_everything(config.train.seed)
@@ -131,6 +134,7 @@ class Trainer:
                    **{f"weight_{k}": v for k, v in self.balancer.weights().items()}, "seconds": elapsed,
                    "train_seconds": train_seconds}
             result.history.append(row)
+            pd.DataFrame(result.history).to_csv(self.out_dir / "history.csv", index=False)
             self.balancer.end_epoch({t: train_losses[f"loss_{t}"] for t in self.model.tasks if f"loss_{t}" in train_losses})
             score = metrics[cfg.early_stopping.metric]
             if score > result.best_score:
