@@ -59,10 +59,22 @@ def test_same_seed_same_weights_and_resume_matches_uninterrupted(tmp_path):
     again.fit(progress=False)
     assert all(torch.equal(v, _weights(again)[k]) for k, v in _weights(straight).items())
     # stop after one epoch, then resume the second from last.pt
-    one = parse_config({**TINY, "train": {**TINY["train"], "epochs": 2, "time_budget_s": 1e-9}})
-    Trainer(one, data, tmp_path / "c").fit(progress=False)
+    Trainer(config, data, tmp_path / "c").fit(progress=False, until_epoch=1)
+    assert len(pd.read_csv(tmp_path / "c" / "history.csv")) == 1
     resumed = Trainer(config, data, tmp_path / "c")
     resumed.fit(progress=False)
     last_straight = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
     last_resumed = torch.load(tmp_path / "c" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(v, last_resumed[k]) for k, v in last_straight.items())
+
+
+def test_a_time_budget_cuts_the_epoch_and_still_anneals_the_learning_rate(tmp_path):
+    config = parse_config({**TINY, "train": {**TINY["train"], "epochs": 50, "time_budget_s": 2.0}})
+    data = prepare(config.data, progress=False)
+    trainer = Trainer(config, data, tmp_path / "run")
+    trainer.fit(progress=False)
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert len(history) < 50, "the budget must stop the run long before its 50 epochs"
+    assert history["lr"].iloc[-1] < 0.1 * config.train.lr, "the cosine decay must follow the budget"
+    assert trainer.progress(step=0, spent=1.0) == pytest.approx(0.5)
+    assert trainer.progress(step=trainer.total_steps, spent=0.0) == 1.0

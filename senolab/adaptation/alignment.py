@@ -83,7 +83,13 @@ class _EmbeddingAlignment(AdaptationMethod):
 
 @register_method("coral")
 class CORAL(_EmbeddingAlignment):
-    """Deep CORAL (Sun & Saenko 2016): align the embedding covariances of the two sites."""
+    """Deep CORAL (Sun & Saenko 2016): align the embedding covariances of the two sites.
+
+    The weight is the paper's lambda and depends on the embedding's scale: with the default
+    U-Net's 256-d embeddings the unweighted loss is ~1e-4 at the start of training, so the
+    default of 1 barely moves the model; ``configs/study_loso.yaml`` uses 1e4, which makes it
+    the size of the task loss there (the paper's rule for choosing lambda).
+    """
 
     loss_names: ClassVar[tuple[str, ...]] = ("coral",)
 

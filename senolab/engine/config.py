@@ -128,7 +128,7 @@ class TrainConfig(Strict):
     warmup_epochs: float = Field(1.0, ge=0)
     grad_clip: float | None = Field(5.0, gt=0)
     early_stopping: EarlyStopping = EarlyStopping()
-    time_budget_s: float | None = Field(None, gt=0)  # stop after this much training time
+    time_budget_s: float | None = Field(None, gt=0)  # seconds of training + validation; the LR decays over it
     seed: int = 0
     num_workers: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -1,6 +1,7 @@
 """The training loop: plain PyTorch, every step visible.
 
-AdamW with linear warm-up then cosine decay, gradient clipping, early stopping on a
+AdamW with linear warm-up then cosine decay (over the epochs, or over the time budget when
+that runs out first), gradient clipping, early stopping on a
 validation score, a checkpoint every epoch that stores the config and resumes exactly,
 per-task loss weights logged every epoch (``history.csv`` in the run folder, rewritten
 after each epoch, so a run in progress can be watched), and a progress bar with loss and metrics.
@@ -59,16 +60,13 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int):
-    """Multiplier of the base learning rate at each step."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
+def warmup_cosine(step: int, progress: float, warmup_steps: int, total_steps: int) -> float:
+    """Multiplier of the base learning rate: linear warm-up over ``warmup_steps``, then a
+    cosine decay that reaches zero when ``progress`` (0..1, see :meth:`Trainer.progress`) does."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    warmup = warmup_steps / total_steps
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, (progress - warmup) / max(1e-9, 1.0 - warmup)))))
 
 
 @dataclass
@@ -112,25 +110,28 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
         steps_per_epoch = max(1, len(self.train_loader))
         self.total_steps = steps_per_epoch * config.train.epochs
-        warmup = int(config.train.warmup_epochs * steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(self.total_steps, warmup))
+        self.warmup_steps = int(config.train.warmup_epochs * steps_per_epoch)
 
     # --------------------------------------------------------------------------- loop
-    def fit(self, resume: bool = True, progress: bool = True) -> TrainResult:
+    def fit(self, resume: bool = True, progress: bool = True, until_epoch: int | None = None) -> TrainResult:
+        """Train from ``last.pt`` if there is one (``resume``); ``until_epoch`` stops after that many
+        epochs in all, as a killed run would, so a later call resumes from there."""
         cfg = self.config.train
         result = TrainResult(self.model, self.method)
         start_epoch, bad_epochs, step, elapsed = 0, 0, 0, 0.0
         last = self.out_dir / "last.pt"
         if resume and last.exists():
             start_epoch, bad_epochs, step, elapsed = self._restore(load_checkpoint(last, self.device), result)
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, min(cfg.epochs, until_epoch or cfg.epochs)):
+            if self.out_of_time(elapsed):  # a run resumed after its budget was spent
+                break
             began = time.perf_counter()
             self._seed_epoch(epoch)
-            train_losses, step = self._train_epoch(epoch, step, progress)
+            train_losses, step = self._train_epoch(epoch, step, elapsed, progress)
             train_seconds = time.perf_counter() - began  # without validation: for training throughput
             metrics = self._validate()
             elapsed += time.perf_counter() - began
-            row = {"epoch": epoch, **train_losses, **metrics, "lr": self.scheduler.get_last_lr()[0],
+            row = {"epoch": epoch, **train_losses, **metrics, "lr": self.optimizer.param_groups[0]["lr"],
                    **{f"weight_{k}": v for k, v in self.balancer.weights().items()}, "seconds": elapsed,
                    "train_seconds": train_seconds}
             result.history.append(row)
@@ -144,7 +145,7 @@ class Trainer:
                                 config=self.config.model_dump())
             else:
                 bad_epochs += 1
-            out_of_time = cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s
+            out_of_time = self.out_of_time(elapsed)
             result.stopped_early = bad_epochs >= cfg.early_stopping.patience
             self._save_last(epoch, bad_epochs, step, elapsed, result)
             if progress:
@@ -165,7 +166,23 @@ class Trainer:
             self.target_loader.generator.manual_seed(seed + 1)
             self.target_loader.dataset.set_epoch(epoch)
 
-    def _train_epoch(self, epoch: int, step: int, progress: bool) -> tuple[dict, int]:
+    def out_of_time(self, spent: float) -> bool:
+        return self.config.train.time_budget_s is not None and spent >= self.config.train.time_budget_s
+
+    def progress(self, step: int, spent: float) -> float:
+        """How far through the run (0..1): by steps, or by the time budget if that runs out first.
+
+        The learning-rate decay and the methods' schedules (DANN's lambda) follow it, so a
+        run cut by its time budget still anneals instead of stopping at a high learning rate
+        ("budgeted training", Li, Yumer & Ramanan, ICLR 2020).
+        """
+        budget = self.config.train.time_budget_s
+        by_steps = step / self.total_steps
+        return min(1.0, max(by_steps, spent / budget)) if budget else by_steps
+
+    def _train_epoch(self, epoch: int, step: int, spent_before: float, progress: bool) -> tuple[dict, int]:
+        """One pass over the training loader, cut short when the time budget is spent."""
+        began = time.perf_counter()
         self.model.train()
         self.method.train()
         # per key: a task absent from a batch (no case could contribute) is not averaged in
@@ -180,7 +197,10 @@ class Trainer:
             if target_iter is not None:
                 target, target_iter = _next_cycling(target_iter, self.target_loader)
                 target = _to_device(target, self.device)
-            out = self.method(self.model, batch, target, step, self.total_steps)
+            position = self.progress(step, spent_before + time.perf_counter() - began)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.config.train.lr * warmup_cosine(step, position, self.warmup_steps, self.total_steps)
+            out = self.method(self.model, batch, target, round(position * self.total_steps), self.total_steps)
             task_losses = multitask_losses(out.source_out, batch, self.loss_config)
             total = self.balancer.combine(task_losses, self.model.shared_parameters())
             total = total + sum(out.losses.values(), torch.zeros((), device=self.device))
@@ -189,7 +209,6 @@ class Trainer:
             if self.config.train.grad_clip:
                 nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.config.train.grad_clip)
             self.optimizer.step()
-            self.scheduler.step()
             step += 1
             logged = {"loss": total.item(), **{f"loss_{k}": v.item() for k, v in task_losses.items()},
                       **{f"loss_{k}": v.item() for k, v in out.losses.items()}}
@@ -197,6 +216,8 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
             bar.set_postfix(loss=f"{logged['loss']:.3f}")
+            if self.out_of_time(spent_before + time.perf_counter() - began):
+                break
         return {k: v / counts[k] for k, v in sums.items()}, step
 
     def _validate(self) -> dict:
@@ -217,7 +238,7 @@ class Trainer:
     def _save_last(self, epoch: int, bad_epochs: int, step: int, elapsed: float, result: TrainResult) -> None:
         save_checkpoint(
             self.out_dir / "last.pt", model=self.model.state_dict(), method=self.method.state_dict(),
-            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            optimizer=self.optimizer.state_dict(),
             balancer=self.balancer.state_dict(), epoch=epoch, bad_epochs=bad_epochs, step=step, elapsed=elapsed,
             best_epoch=result.best_epoch, best_score=result.best_score, history=result.history,
             config=self.config.model_dump(),
@@ -227,7 +248,6 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.balancer.load_state_dict(state["balancer"])
         result.history = list(state["history"])
         result.best_epoch, result.best_score = state["best_epoch"], state["best_score"]
