@@ -20,6 +20,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensors gain nothing from intra-op threads, and on a busy 2-core machine
+    (xdist workers, other jobs) the threads' spin-waits make such tests 10-50x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def real_cohorts():
     """The three real cohorts, read once per test session (about 7 s)."""

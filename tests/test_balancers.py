@@ -13,14 +13,7 @@ TASKS = ("small", "large")
 SCALE = 1000.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors gain nothing from intra-op threads, and on a busy 2-core machine
-    (xdist workers, other jobs) the threads' spin-waits make these tests 10-50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ToyTwoTask(nn.Module):

@@ -28,14 +28,7 @@ from senolab.models.losses import focal_loss, generalized_box_iou, soft_dice_los
 SIZE = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors gain nothing from intra-op threads, and on a busy 2-core machine
-    (xdist workers, other jobs) the threads' spin-waits make these tests 10-50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 HEAD_SUBSETS = [
     subset for r in range(1, 4) for subset in itertools.combinations(("cls", "seg", "box"), r)
 ]
