@@ -34,6 +34,8 @@ def test_study_writes_results_per_method_and_target_and_resumes(tmp_path):
         ("dann", "site_a"), ("dann", "site_b"), ("erm", "site_a"), ("erm", "site_b")]
     assert results.set_index("method")["transductive"].to_dict() == {"erm": False, "dann": True}
     assert {"auc", "auc_lo", "auc_hi", "insite_auc", "gap_auc", "site_classifier_acc"} <= set(results.columns)
+    paired = results.set_index("method")["auc_p_vs_erm"]  # DeLong against erm on the same target cases
+    assert paired.loc["erm"].isna().all() and paired.loc["dann"].between(0, 1).all()
     # kill one run's result (as if the study stopped there): only that run is redone
     finished = out / "runs" / "site_a" / "erm" / "seed0"
     stamp = (finished / "best.pt").stat().st_mtime_ns

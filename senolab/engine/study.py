@@ -38,7 +38,7 @@ from senolab.engine.config import ConfigError, ExperimentConfig, Strict, read_ya
 from senolab.engine.data import PreparedData, load_cohorts, prepare
 from senolab.engine.predict import predict
 from senolab.engine.trainer import Trainer
-from senolab.evaluation import evaluate
+from senolab.evaluation import delong_test, evaluate
 
 SELECTION_METRICS = {"source_val": "val_score", "target_entropy": "target_neg_entropy", "oracle": "oracle_target_auc"}
 
@@ -129,10 +129,12 @@ def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, c
                 result = _run_once(config, data, spec, seed, run_dir, progress)
                 rows.append(result["row"])
                 cases.append(pd.read_parquet(run_dir / "predictions.parquet"))
+    cases = pd.concat(cases, ignore_index=True)
     results = pd.DataFrame(rows)
+    results["auc_p_vs_erm"] = paired_delong_vs_erm(results, cases)
     results.to_csv(out / "results.csv", index=False)
     (out / "results.md").write_text(results_markdown(results))
-    summary = _summary(config, results, pd.concat(cases, ignore_index=True), out)
+    summary = _summary(config, results, cases, out)
     if config.embedding_figure:
         embedding_figure(out, pairs, config)
     return summary
@@ -270,16 +272,39 @@ def domain_gap(embeddings: dict, run_dir: Path) -> float:
     return float(cross_val_score(clf, x, y, cv=folds, scoring="balanced_accuracy").mean())
 
 
+def paired_delong_vs_erm(results: pd.DataFrame, cases: pd.DataFrame) -> pd.Series:
+    """Per result row, DeLong's p for its target AUC against erm's on the same target cases
+    and seed: the paired test, sharper than comparing two bootstrap CIs. NaN for erm itself,
+    without an erm entry, or without both classes."""
+    target = cases[(cases["domain"] == "target") & cases["label"].notna()]
+    scores = target.pivot_table(index=["seed", "site", "case_id"], columns="method", values="score")
+    labels = target.drop_duplicates(["seed", "site", "case_id"]).set_index(["seed", "site", "case_id"])["label"]
+    p_values = []
+    for r in results.itertuples():
+        p = np.nan
+        if r.method != "erm" and "erm" in scores.columns and (r.seed, r.target_site) in scores.index.droplevel(2):
+            both = scores.loc[(r.seed, r.target_site), [r.method, "erm"]].dropna()
+            y = labels.loc[(r.seed, r.target_site)].loc[both.index].to_numpy()
+            if 0 < y.sum() < len(y):
+                p = delong_test(y, both[r.method].to_numpy(), both["erm"].to_numpy()).p
+        p_values.append(p)
+    return pd.Series(p_values, index=results.index, dtype=float)
+
+
 def results_markdown(results: pd.DataFrame) -> str:
     """The study table: one row per method and target site, with CIs and the flags."""
-    lines = ["| method | target | transductive | selection | AUC [95% CI] | in-site AUC | gap | Dice [95% CI] "
-             "| site-classifier acc |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | target | transductive | selection | AUC [95% CI] | DeLong p vs erm | in-site AUC | gap "
+             "| Dice [95% CI] | site-classifier acc |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results.to_dict("records"):
         lines.append(
             f"| {r['method']} | {r['target_site']} | {'yes' if r['transductive'] else 'no'} | {r['selection']} "
-            f"| {_ci(r, 'auc')} | {_num(r.get('insite_auc'))} | {_num(r.get('gap_auc'))} | {_ci(r, 'dice')} "
-            f"| {_num(r.get('site_classifier_acc'))} |")
+            f"| {_ci(r, 'auc')} | {_p(r.get('auc_p_vs_erm'))} | {_num(r.get('insite_auc'))} "
+            f"| {_num(r.get('gap_auc'))} | {_ci(r, 'dice')} | {_num(r.get('site_classifier_acc'))} |")
     return "\n".join(lines) + "\n"
+
+
+def _p(value) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:.2g}"
 
 
 def _num(value) -> str:
