@@ -38,7 +38,7 @@ from senolab.engine.config import ConfigError, ExperimentConfig, Strict, read_ya
 from senolab.engine.data import PreparedData, load_cohorts, prepare
 from senolab.engine.predict import predict
 from senolab.engine.trainer import Trainer
-from senolab.evaluation import delong_test, evaluate
+from senolab.evaluation import POOLED, compare_methods, evaluate
 
 SELECTION_METRICS = {"source_val": "val_score", "target_entropy": "target_neg_entropy", "oracle": "oracle_target_auc"}
 
@@ -274,19 +274,16 @@ def domain_gap(embeddings: dict, run_dir: Path) -> float:
 
 def paired_delong_vs_erm(results: pd.DataFrame, cases: pd.DataFrame) -> pd.Series:
     """Per result row, DeLong's p for its target AUC against erm's on the same target cases
-    and seed: the paired test, sharper than comparing two bootstrap CIs. NaN for erm itself,
-    without an erm entry, or without both classes."""
-    target = cases[(cases["domain"] == "target") & cases["label"].notna()]
-    scores = target.pivot_table(index=["seed", "site", "case_id"], columns="method", values="score")
-    labels = target.drop_duplicates(["seed", "site", "case_id"]).set_index(["seed", "site", "case_id"])["label"]
+    and seed (:func:`senolab.evaluation.compare_methods`): the paired test, sharper than
+    comparing two bootstrap CIs. NaN for erm itself and without an erm entry."""
+    target = cases[cases["domain"] == "target"].drop(columns=["label_name", "domain"])
+    has_erm = (results["method"] == "erm").any()
     p_values = []
     for r in results.itertuples():
         p = np.nan
-        if r.method != "erm" and "erm" in scores.columns and (r.seed, r.target_site) in scores.index.droplevel(2):
-            both = scores.loc[(r.seed, r.target_site), [r.method, "erm"]].dropna()
-            y = labels.loc[(r.seed, r.target_site)].loc[both.index].to_numpy()
-            if 0 < y.sum() < len(y):
-                p = delong_test(y, both[r.method].to_numpy(), both["erm"].to_numpy()).p
+        if r.method != "erm" and has_erm:
+            same = target[(target["seed"] == r.seed) & (target["site"] == r.target_site)]
+            p = compare_methods(same, "erm", r.method).set_index("site").loc[POOLED, "p"]
         p_values.append(p)
     return pd.Series(p_values, index=results.index, dtype=float)
 
