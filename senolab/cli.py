@@ -28,15 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from senolab.cohorts.schema import CohortError
-    from senolab.engine.config import ConfigError
+    from senolab.errors import InputError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CohortError) as err:
-        # a bad config or dataset folder: the message names the file and what was expected
+    except InputError as err:
+        # a bad config, dataset, path or option: the message names it and what was expected
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,6 +14,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from senolab.errors import InputError
+
 LABELS: tuple[str, ...] = ("normal", "benign", "malignant")
 
 # Columns present in every cohort table (DESIGN.md, data contracts).
@@ -59,7 +61,7 @@ class Column:
     description: str = ""
 
 
-class CohortError(Exception):
+class CohortError(InputError):
     """A cohort cannot be read: wrong layout, or a bad case under ``strict``."""
 
 

@@ -12,8 +12,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from senolab.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A config file that does not validate; the message names file, key and problem."""
 
 
