@@ -71,12 +71,12 @@ def extract_features(
     computed = []
     for outcome in _compute(plan, params, jobs or available_cores(), progress):
         if cache is not None:  # as they come: an interrupted run keeps what it computed
-            cache.put(outcome.key, outcome.as_cache_entry())
+            cache.put(outcome.key, outcome.features, outcome.error)
         computed.append(outcome)
     table = _assemble(cohort, plan.outcomes + computed)
     stats = {"computed": len(computed), "from_cache": sum(1 for o in plan.outcomes if o.key)}
     table.attrs[PROVENANCE] = params.provenance()
-    result = FeatureTable(table, stats)
+    result = FeatureTable(table, stats, recomputed_invalid=cache.invalid if cache is not None else 0)
     if strict and (table["status"] == FAILED).any():
         raise RadiomicsError("extraction failed under --strict:\n" + "\n".join(failure_lines(table, limit=50)))
     return result

@@ -44,11 +44,14 @@ class RadiomicsError(RuntimeError):
 class FeatureTable:
     """The result of an extraction: the table (provenance in ``table.attrs``) and counts.
 
-    ``stats`` counts lesions ``computed`` by this run and taken ``from_cache``.
+    ``stats`` counts lesions ``computed`` by this run and taken ``from_cache``;
+    ``recomputed_invalid`` how many of the computed ones were found in the cache under an
+    entry that did not validate (see :mod:`senolab.radiomics.cache`).
     """
 
     table: pd.DataFrame
     stats: dict[str, int] = field(default_factory=dict)
+    recomputed_invalid: int = 0
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -70,6 +73,8 @@ class FeatureTable:
         lines = [status_line(self.table)]
         if self.stats:
             lines.append(f"computed {self.stats['computed']} lesions, {self.stats['from_cache']} from cache")
+        if self.recomputed_invalid:
+            lines.append(invalid_cache_line(self.recomputed_invalid))
         unknown = int((~self.table["spacing_known"] & (self.table["status"] == OK)).sum())
         if unknown:
             lines.append(f"{unknown} lesions of unknown pixel spacing: extracted at 1.0 (shape features in pixels)")
@@ -128,6 +133,11 @@ def status_line(table: pd.DataFrame) -> str:
         f"{len(table)} rows: {counts.get(OK, 0)} ok, {counts.get(FAILED, 0)} failed, "
         f"{counts.get(NO_LESION, 0)} without lesion (normal images); {len(feature_columns(table))} features"
     )
+
+
+def invalid_cache_line(count: int) -> str:
+    lesions = "1 lesion whose cache entry" if count == 1 else f"{count} lesions whose cache entries"
+    return f"recomputed {lesions} did not validate (damaged, edited, or written by an older senolab)"
 
 
 def failure_lines(table: pd.DataFrame, limit: int = 10) -> list[str]:

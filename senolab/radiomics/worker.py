@@ -65,9 +65,6 @@ class Outcome:
     features: dict[str, float] | None
     error: str | None
 
-    def as_cache_entry(self) -> dict[str, Any]:
-        return {"features": self.features, "error": self.error}
-
 
 # Set once per worker process by init_worker.
 _EXTRACTOR = None
