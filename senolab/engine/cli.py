@@ -51,10 +51,21 @@ def run_main_command(args: argparse.Namespace) -> int:
     if args.tracking_uri:
         config = config.model_copy(update={"tracking_uri": args.tracking_uri})
     report = run_main(config, args.out, progress=not args.quiet)
-    print((args.out / "report.md").read_text())
-    print(report["tracking"])
-    print(f"report: {(args.out / 'report.html').resolve()}")
+    print(_run_summary(report, args.out))
     return 0
+
+
+def _run_summary(report: dict, out: Path) -> str:
+    """What the terminal shows at the end of `senolab run`: the headline per method and
+    target, and where to look further (the full tables are in the report)."""
+    lines = ["", f"senolab run {report['name']!r}: AUC at the unseen target site (patient-bootstrap 95% CI)"]
+    for row in report["study"].to_dict("records"):
+        auc = f"{row['auc']:.3f} [{row['auc_lo']:.3f}, {row['auc_hi']:.3f}]" if row.get("auc") == row.get("auc") else "-"
+        dice = f", Dice {row['dice']:.3f}" if "dice" in row and row["dice"] == row["dice"] else ""
+        lines.append(f"  {row['method']:<20} -> {row['target_site']}: AUC {auc}{dice}"
+                     f"{'  (transductive)' if row.get('transductive') else ''}")
+    lines += [f"report:  {(out / 'report.html').resolve()}  (and report.md)", report["tracking"]]
+    return "\n".join(lines)
 
 
 def run_study_command(args: argparse.Namespace) -> int:

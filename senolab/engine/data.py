@@ -30,9 +30,29 @@ def load_cohorts(config: DataConfig, progress: bool = True) -> Cohort:
     """Read every configured cohort (or generate the synthetic one) into one table."""
     cohorts = [_load_one(name, config) for name in config.cohorts]
     cohort = cohorts[0] if len(cohorts) == 1 else combine(cohorts)
+    say_skipped(cohort)
     if config.deduplicate:
         mark_duplicates(cohort, progress=progress)
     return cohort
+
+
+SKIPPED_SHOWN = 5  # problems printed in full; every one is in summary.json
+
+
+def say_skipped(cohort: Cohort) -> None:
+    """Print how many cases were skipped while reading, and why (never silent)."""
+    if not cohort.problems:
+        return
+    lines = [f"{len(cohort.problems)} case(s) skipped or flagged while reading {cohort.name}:"]
+    lines += [f"  {p}" for p in cohort.problems[:SKIPPED_SHOWN]]
+    if len(cohort.problems) > SKIPPED_SHOWN:
+        lines.append(f"  ... and {len(cohort.problems) - SKIPPED_SHOWN} more (listed under 'skipped' in summary.json)")
+    print("\n".join(lines), flush=True)
+
+
+def skipped_records(cohort: Cohort) -> list[dict]:
+    """The reading problems as summary.json lists them: cohort, file, reason."""
+    return [{"cohort": p.cohort, "file": p.file, "reason": p.reason} for p in cohort.problems]
 
 
 def _load_one(name: str, config: DataConfig) -> Cohort:

@@ -12,28 +12,30 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from senolab.cohorts.readers import read_cohort
 from senolab.engine.config import ExperimentConfig
-from senolab.engine.data import PreparedData, prepare
+from senolab.engine.data import PreparedData, prepare, say_skipped, skipped_records
 from senolab.engine.predict import predict
 from senolab.engine.trainer import Trainer, model_from_config, pick_device
+from senolab.errors import InputError
 from senolab.evaluation import evaluate
+from senolab.paths import require_folder, writable_folder
+from senolab.tracking.config_guard import claim_folder
 
 
 def train_and_evaluate(config: ExperimentConfig, out_dir: str | Path, progress: bool = True,
                        data: PreparedData | None = None) -> dict:
     """Train one model and evaluate it on the test part; returns the summary dict."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+    out = writable_folder(Path(out_dir).absolute(), "run folder")
+    # a folder trained with another config (another split seed, say) is never resumed
+    claim_folder(out, config.model_dump(), command="senolab train")
     data = data if data is not None else prepare(config.data, progress=progress)
     _write_preprocessing(out, data)
     trainer = Trainer(config, data, out)
     result = trainer.fit(progress=progress)
     table = predict(result.model, data.loader("test", config.train.batch_size), data, trainer.device)
-    return _write_evaluation(table, out, config, config.model_dump(), progress)
+    return _write_evaluation(table, out, config, config.model_dump(), progress, skipped_records(data.cohort))
 
 
 def _write_preprocessing(out: Path, data: PreparedData) -> None:
@@ -56,10 +58,15 @@ def evaluate_run(run_dir: str | Path, root: str | Path, out_dir: str | Path, pro
     from senolab.engine.config import load_config
     from senolab.engine.checkpoint import load_checkpoint
 
-    run_dir, out = Path(run_dir), Path(out_dir)
+    run_dir, out = require_folder(run_dir, "training run folder"), Path(out_dir)
+    for name in ("config.yaml", "preprocessing.json", "best.pt"):
+        if not (run_dir / name).is_file():
+            raise InputError(f"{run_dir}: not a finished `senolab train` run (no {name})")
     config = load_config(run_dir / "config.yaml")
     state = json.loads((run_dir / "preprocessing.json").read_text())
+    writable_folder(out, "evaluation folder")
     cohort = read_cohort(root, strict=config.data.strict)
+    say_skipped(cohort)
     parts = pd.Series("test", index=cohort.table["case_id"].values, name="part")
     data = PreparedData(cohort, parts, tuple(state["classes"]), _restored_metadata(state.get("metadata")), None,
                         state["sites"], state["image_size"], augment=False)
@@ -67,20 +74,23 @@ def evaluate_run(run_dir: str | Path, root: str | Path, out_dir: str | Path, pro
     model = model_from_config(config, data).to(device)
     model.load_state_dict(load_checkpoint(run_dir / "best.pt", device)["model"])
     table = predict(model, data.loader("test", config.train.batch_size), data, device)
-    out.mkdir(parents=True, exist_ok=True)
     return _write_evaluation(table, out, config, {**config.model_dump(), "evaluated_on": str(root),
-                                                  "trained_run": str(run_dir)}, progress)
+                                                  "trained_run": str(run_dir)}, progress, skipped_records(cohort))
 
 
 def _write_evaluation(table: pd.DataFrame, out: Path, config: ExperimentConfig, summary_config: dict,
-                      progress: bool) -> dict:
-    """predictions.parquet, summary.json and results.csv of one evaluated model."""
+                      progress: bool, skipped: list[dict]) -> dict:
+    """predictions.parquet, summary.json (with the cases skipped while reading) and
+    results.csv of one evaluated model."""
     table = table.assign(method="erm")
     table.to_parquet(out / "predictions.parquet")
     evaluation = evaluate(table.drop(columns=["label_name"]), n_resamples=config.evaluation.bootstrap, seed=config.evaluation.seed,
                           progress=progress)
-    evaluation.write(out, summary_config)
-    return json.loads((out / "summary.json").read_text())
+    paths = evaluation.write(out, summary_config)
+    summary = json.loads(paths["summary"].read_text())
+    summary["skipped"] = skipped
+    paths["summary"].write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
 
 
 def _restored_metadata(state: dict | None):

@@ -3,16 +3,24 @@ adaptation methods -> cross-site evaluation -> explanations -> MLflow -> report.
 
 With no config it runs the built-in quickstart on the synthetic multi-site generator
 (sites a and b are the sources, site c — which records no metadata and looks different —
-the unseen target) in a few minutes on 2 CPU cores. The run folder is the source of
+the unseen target) in a few minutes on 2 CPU cores; ``SENOLAB_QUICK=1`` shrinks it to a
+smoke run of the same code path (the tests use it). The run folder is the source of
 truth; MLflow (an embedded SQLite store in the folder unless a tracking URI is given)
-receives a parent run per method and a child run per site.
+receives a parent run per (target, method, seed) and a child run per site.
+
+Started again on the same folder with the same config, a run redoes nothing finished
+and logs nothing twice, and repairs an MLflow upload that an earlier, killed run left
+incomplete; with another config it is refused before any work (the differing keys are
+named). ``--tracking-uri`` given on an existing folder sends everything there.
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
+from pydantic import field_validator
 
 from senolab.engine.config import (ConfigError, DataConfig, EvaluationConfig, ExperimentConfig, HeadsConfig,
                                    ModelConfig, Strict, SyntheticOptions, TrainConfig, read_yaml_mapping, validate)
@@ -30,6 +38,17 @@ class ExplainStep(Strict):
     methods: list[str] = ["integrated_gradients", "gradcam"]
     max_cases: int = 8  # target cases attributed per method (Integrated Gradients costs ~50 passes each)
 
+    @field_validator("methods")
+    @classmethod
+    def _known_explainers(cls, methods: list[str]) -> list[str]:
+        # checked when the config is read, not after every model has trained
+        from senolab.explain import EXPLAINERS
+
+        unknown = [m for m in methods if m not in EXPLAINERS]
+        if unknown:
+            raise ValueError(f"unknown explainers {unknown}; known: {EXPLAINERS.names()}")
+        return methods
+
 
 class RunConfig(Strict):
     name: str = "quickstart"
@@ -40,20 +59,30 @@ class RunConfig(Strict):
     track: bool = True
 
 
+# Keys that say where results are sent, not what they are: changing them on an existing
+# run folder is allowed (and honoured).
+TRACKING_KEYS = ("tracking_uri", "track")
+
+
 def quickstart_config() -> RunConfig:
-    """The built-in study: three synthetic sites, a concat-fused U-Net, four methods."""
+    """The built-in study: three synthetic sites, a concat-fused U-Net, four methods.
+
+    ``SENOLAB_QUICK=1`` in the environment makes it a smoke run (fewer images, one epoch,
+    fewer bootstrap resamples and explained cases) that runs the same steps."""
+    quick = os.environ.get("SENOLAB_QUICK", "") not in ("", "0")
     base = ExperimentConfig(
         name="quickstart",
-        data=DataConfig(synthetic=SyntheticOptions(n_sites=3, images_per_site=60, image_size=128), image_size=64),
+        data=DataConfig(synthetic=SyntheticOptions(n_sites=3, images_per_site=24 if quick else 60, image_size=128),
+                        image_size=64),
         model=ModelConfig(fusion="concat", fusion_options={"modalities": ["metadata", "radiomics"]},
                           heads=HeadsConfig(classification=True, segmentation=True, bbox=False)),
-        train=TrainConfig(epochs=4, batch_size=16, lr=0.003),
-        evaluation=EvaluationConfig(bootstrap=300),
+        train=TrainConfig(epochs=1 if quick else 4, batch_size=16, lr=0.003),
+        evaluation=EvaluationConfig(bootstrap=30 if quick else 300),
     )
     study = StudyConfig(name="quickstart", base=base, protocol="pairwise",
                         pairs=[PairSpec(sources=["site_a", "site_b"], target="site_c")],
                         methods=[MethodSpec(name=m) for m in ("erm", "dann", "adabn", "histogram_matching")])
-    return RunConfig(study=study)
+    return RunConfig(study=study, explain=ExplainStep(max_cases=2 if quick else 8))
 
 
 def load_run_config(path: str | Path | None) -> RunConfig:
@@ -66,22 +95,30 @@ def load_run_config(path: str | Path | None) -> RunConfig:
 
 
 def run_main(config: RunConfig, out_dir: str | Path, progress: bool = True) -> dict:
-    """Run every step; returns the report's data. A stopped run continues where it stopped."""
+    """Run every step; returns the report's data. A stopped run continues where it stopped;
+    a folder holding a run of another config is refused before any work."""
     from senolab.engine.data import load_cohorts
+    from senolab.paths import writable_folder
     from senolab.tracking import RunDir, table_fingerprint
+    from senolab.tracking.config_guard import claim_folder
 
-    out = Path(out_dir)
+    out = writable_folder(Path(out_dir).absolute(), "run folder")
+    claim_folder(out, config.model_dump(), ignore=TRACKING_KEYS, command="senolab run")
     steps = _Steps(progress)
     cohort = steps.run("cohorts", lambda: load_cohorts(config.study.base.data, progress))
-    run = RunDir.open(out) if (out / "runs.json").exists() else RunDir.create(
-        out, config.name, config.model_dump(), tracking_uri=config.tracking_uri, track=config.track,
-        data_fingerprint=table_fingerprint(cohort.table))
+    if (out / "runs.json").exists():
+        run = RunDir.open(out)
+        if config.track:
+            run.use_tracking_uri(config.tracking_uri)
+    else:
+        run = RunDir.create(out, config.name, config.model_dump(), tracking_uri=config.tracking_uri,
+                            track=config.track, data_fingerprint=table_fingerprint(cohort.table))
     report = {"name": config.name, "cohorts": steps.run("describe", lambda: _describe(cohort, out))}
     study = config.study
     if config.radiomics.enabled:
         path, report["radiomics"] = steps.run("radiomics", lambda: _radiomics(cohort, config.radiomics, out, progress))
         study = study.model_copy(deep=True)
-        study.base.data.radiomics = str(path)
+        study.base.data.radiomics = str(path.resolve())
     elif "radiomics" in study.base.model.fusion_options.get("modalities", []):
         raise ConfigError("the model fuses radiomics but radiomics.enabled is false")
     steps.run("study", lambda: run_study(study, out / "study", progress=progress, cohort=cohort))
@@ -133,45 +170,43 @@ def _radiomics(cohort, step: RadiomicsStep, out: Path, progress: bool) -> tuple[
 
 
 def _per_method(study: StudyConfig, explain: ExplainStep, cohort, run, out: Path, progress: bool) -> list[dict]:
-    """Evaluate each method on its target site, explain it, and log it to the run and MLflow."""
+    """Evaluate each (target, method, seed) on its target site, explain it, and log it to
+    the run and MLflow once."""
     rows = []
     for pair in study_pairs(study, sorted(cohort.table["site"].unique())):
         data = pair_data(study, cohort, pair)
         for spec in study.methods:
-            rows.append(_one_method(study, explain, data, pair, spec, run, out, progress))
+            for seed in study.seeds:
+                rows.append(_one_method(study, explain, data, pair, spec, seed, run, out, progress))
     return rows
 
 
-def _logged(run, method: str) -> bool:
-    """Whether an earlier call of this run already recorded the method (a re-run logs nothing twice)."""
-    return method in {record.parent.tags.get("method") for record in run.methods()}
-
-
-def _one_method(study: StudyConfig, explain: ExplainStep, data, pair: PairSpec, spec: MethodSpec, run, out: Path,
-                progress: bool) -> dict:
+def _one_method(study: StudyConfig, explain: ExplainStep, data, pair: PairSpec, spec: MethodSpec, seed: int, run,
+                out: Path, progress: bool) -> dict:
     from senolab.adaptation import METHODS
     from senolab.evaluation import evaluate
     from senolab.evaluation.plots import plot_reliability, plot_roc_by_site
+    from senolab.tracking.rundir import unit_name
 
     method, transductive = spec.label, METHODS.get(spec.name).transductive
-    seed = study.seeds[0]
     run_dir = out / "study" / "runs" / pair.target / method / f"seed{seed}"
     predictions = pd.read_parquet(run_dir / "predictions.parquet")
     target = predictions[predictions["domain"] == "target"].drop(columns=["domain", "label_name"])
     evaluation = evaluate(target, n_resamples=study.base.evaluation.bootstrap, seed=study.base.evaluation.seed,
                           progress=False)
-    folder = run.method_dir(method)
+    unit = unit_name(method, pair.target, seed)
+    folder = run.method_dir(unit)
     figures = folder / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     files = [plot_roc_by_site(target, figures / "roc.png"), plot_reliability(target, figures / "reliability.png")]
     model = _trained_model(study, data, run_dir, spec)
     explained = _explain(model, data, method, explain, folder, progress)
     files += explained["files"]
-    if not _logged(run, method):
-        run.write_model(method, model, study.base.model_dump())
-        run.log_method(method, evaluation.aggregates[method], target,
-                       transductive=transductive, files=files)
-    return {"method": method, "target": pair.target, "transductive": transductive,
+    if not run.is_logged(unit):
+        run.write_model(unit, model, study.base.model_dump())
+        run.log_method(method, evaluation.aggregates[method], target, transductive=transductive, files=files,
+                       target=pair.target, seed=seed)
+    return {"method": method, "target": pair.target, "seed": seed, "transductive": transductive,
             "pointing_game": explained["pointing_game"], "figures": [str(f) for f in files]}
 
 

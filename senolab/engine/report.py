@@ -45,7 +45,8 @@ def _sections(report: dict, out: Path) -> list[tuple[str, str, str]]:
         _md_table(table) + ("\n\n![embeddings](study/embeddings_tsne.png)" if tsne.exists() else ""),
         table.to_html(index=False) + (_img(tsne) if tsne.exists() else ""),
     ))
-    games = pd.DataFrame([{**g, "method": m["method"]} for m in report["methods"] for g in m["pointing_game"]])
+    games = pd.DataFrame([{"method": m["method"], "target": m["target"], **g} for m in report["methods"]
+                          for g in m["pointing_game"]])
     if len(games):
         games = games.round(3)
         figures = [Path(f) for m in report["methods"] for f in m["figures"] if f.endswith(".png")]

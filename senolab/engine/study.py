@@ -18,7 +18,9 @@ seed) the runner
 
 Each run writes ``runs/<target>/<method>/seed<k>/``; a run with ``result.json`` is done
 and skipped when the study is started again, and a half-trained run resumes from its
-``last.pt``, so a killed study continues where it stopped.
+``last.pt``, so a killed study continues where it stopped. ``study.yaml`` records the
+config: a study folder is only resumed with the same one (another is refused, naming the
+keys that differ).
 """
 from __future__ import annotations
 
@@ -29,16 +31,17 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from pydantic import Field, model_validator
 
 from senolab.adaptation import METHODS
 from senolab.cohorts.splits import check_leakage, holdout
 from senolab.engine.config import ConfigError, ExperimentConfig, Strict, read_yaml_mapping, validate
-from senolab.engine.data import PreparedData, load_cohorts, prepare
+from senolab.engine.data import PreparedData, load_cohorts, prepare, skipped_records
 from senolab.engine.predict import predict
 from senolab.engine.trainer import Trainer
 from senolab.evaluation import POOLED, compare_methods, evaluate
+from senolab.paths import writable_folder
+from senolab.tracking.config_guard import claim_folder
 
 SELECTION_METRICS = {"source_val": "val_score", "target_entropy": "target_neg_entropy", "oracle": "oracle_target_auc"}
 
@@ -73,6 +76,14 @@ class StudyConfig(Strict):
     embedding_figure: bool = True
 
     @model_validator(mode="after")
+    def _methods_are_known(self):
+        # checked when the config is read, before any model trains
+        unknown = [m.name for m in self.methods if m.name not in METHODS]
+        if unknown:
+            raise ValueError(f"methods: unknown {unknown}; known: {METHODS.names()}")
+        return self
+
+    @model_validator(mode="after")
     def _labels_are_unique(self):
         labels = [m.label for m in self.methods]
         repeated = sorted({label for label in labels if labels.count(label) > 1})
@@ -86,11 +97,7 @@ def load_study_config(path: str | Path) -> StudyConfig:
     raw = read_yaml_mapping(path)
     if "methods" in raw:
         raw["methods"] = method_names_as_specs(raw["methods"])
-    config = validate(StudyConfig, raw, str(path))
-    unknown = [m.name for m in config.methods if m.name not in METHODS]
-    if unknown:
-        raise ConfigError(f"{path}: methods: unknown {unknown}; known: {METHODS.names()}")
-    return config
+    return validate(StudyConfig, raw, str(path))
 
 
 def method_names_as_specs(methods):
@@ -115,9 +122,8 @@ def study_pairs(config: StudyConfig, sites: list[str]) -> list[PairSpec]:
 
 def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, cohort=None) -> dict:
     """Every (target, method, seed) run of the study; ``cohort`` skips loading it again."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "study.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+    out = writable_folder(Path(out_dir).absolute(), "study folder")
+    claim_folder(out, config.model_dump(), "study.yaml", command="senolab study")
     cohort = cohort if cohort is not None else load_cohorts(config.base.data, progress)
     pairs = study_pairs(config, sorted(cohort.table["site"].unique()))
     rows, cases = [], []
@@ -134,7 +140,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, c
     results["auc_p_vs_erm"] = paired_delong_vs_erm(results, cases)
     results.to_csv(out / "results.csv", index=False)
     (out / "results.md").write_text(results_markdown(results))
-    summary = _summary(config, results, cases, out)
+    summary = _summary(config, results, cases, out, skipped_records(cohort))
     if config.embedding_figure:
         embedding_figure(out, pairs, config)
     return summary
@@ -314,7 +320,8 @@ def _ci(row: dict, metric: str) -> str:
     return f"{row[metric]:.3f} [{row[metric + '_lo']:.3f}, {row[metric + '_hi']:.3f}]"
 
 
-def _summary(config: StudyConfig, results: pd.DataFrame, cases: pd.DataFrame, out: Path) -> dict:
+def _summary(config: StudyConfig, results: pd.DataFrame, cases: pd.DataFrame, out: Path,
+             skipped: list[dict]) -> dict:
     aggregates: dict[str, dict] = {}
     for (method, seed), rows in results.groupby(["method", "seed"]):
         key = method if len(config.seeds) == 1 else f"{method}/seed{seed}"
@@ -331,7 +338,7 @@ def _summary(config: StudyConfig, results: pd.DataFrame, cases: pd.DataFrame, ou
     keep = [c for c in ("case_id", "site", "method", "seed", "domain", "label", "score", "dice", "transductive")
             if c in cases.columns]
     summary = {"config": config.model_dump(), "aggregates": aggregates,
-               "cases": json.loads(cases[keep].to_json(orient="records"))}
+               "cases": json.loads(cases[keep].to_json(orient="records")), "skipped": skipped}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_plain))
     return summary
 

@@ -44,6 +44,26 @@ def embedded_uri(run_dir: str | Path) -> str:
     return f"sqlite:///{Path(run_dir).resolve() / EMBEDDED_DB}"
 
 
+def normalise_tracking_uri(uri: str | None) -> str | None:
+    """A tracking URI that means the same store from any working directory.
+
+    A relative SQLite or file store (``sqlite:///mlflow.db``, ``./mlruns``,
+    ``file:mlruns``) is made absolute against the current folder, as the user meant it
+    when typing it; server and other URIs are kept as they are."""
+    if uri is None:
+        return None
+    uri = str(uri)
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+        return uri if path.startswith("/") or path == ":memory:" else f"sqlite:///{Path(path).resolve()}"
+    if uri.startswith("file:"):
+        path = uri.removeprefix("file://") if uri.startswith("file://") else uri.removeprefix("file:")
+        return Path(path).resolve().as_uri()
+    if "://" not in uri:  # a plain folder: MLflow reads it as a file store
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
 def ui_command(run_dir: str | Path) -> str:
     """The command that opens MLflow's UI on a run directory's embedded store."""
     return f"mlflow ui --backend-store-uri {embedded_uri(run_dir)}"

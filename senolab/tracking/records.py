@@ -139,24 +139,28 @@ def site_tags_from_predictions(predictions: pd.DataFrame) -> dict[str, dict[str,
 def method_record(run_id: str, method: str, aggregates: Mapping[str, Any], *, params: Mapping[str, str],
                   tags: Mapping[str, str], site_tags: Mapping[str, Mapping[str, str]],
                   artifacts: Sequence[Artifact] = (),
-                  site_artifacts: Mapping[str, Sequence[Artifact]] | None = None) -> MethodRecord:
+                  site_artifacts: Mapping[str, Sequence[Artifact]] | None = None,
+                  unit: str | None = None) -> MethodRecord:
     """The records of one method from its aggregates ``{site: {metric: entry}, "worst_site": ...}``.
 
     ``params`` and ``tags`` go to the parent and every child; ``site_tags[site]`` and
-    ``site_artifacts[site]`` to that site's child.
+    ``site_artifacts[site]`` to that site's child. ``unit`` (default: the method) is what
+    the parent stands for, e.g. ``site_c/erm/seed0`` in a study with several targets: it
+    makes the key and the run name, so two targets of one method never share a run.
     """
     site_artifacts = site_artifacts or {}
-    parent_key = f"{run_id}/{slug(method)}"
+    unit = unit or method
+    parent_key = "/".join([run_id, *(slug(part) for part in unit.split("/"))])
     worst = aggregates.get(WORST, {})
     parent = RunRecord(
-        key=parent_key, name=method, params=dict(params),
+        key=parent_key, name=unit_display_name(unit), params=dict(params),
         metrics={**metric_values(aggregates.get(POOLED, {})), **metric_values(worst, WORST_PREFIX)},
         tags={**tags, "method": method, **worst_site_tags(worst)},
         artifacts=list(artifacts),
     )
     children = [
         RunRecord(
-            key=f"{parent_key}/{slug(site)}", name=f"{method} @ {site}", params=dict(params),
+            key=f"{parent_key}/{slug(site)}", name=f"{unit_display_name(unit)} @ {site}", params=dict(params),
             metrics=metric_values(entries),
             tags={**tags, "method": method, "site": site, **site_tags.get(site, {})},
             artifacts=list(site_artifacts.get(site, [])),
@@ -164,3 +168,13 @@ def method_record(run_id: str, method: str, aggregates: Mapping[str, Any], *, pa
         for site, entries in aggregates.items() if site not in (POOLED, WORST)
     ]
     return MethodRecord(parent, children)
+
+
+def unit_display_name(unit: str) -> str:
+    """``site_c/erm/seed0`` -> ``erm -> site_c (seed 0)``: how MLflow's run list names it."""
+    parts = unit.split("/")
+    if len(parts) == 1:
+        return unit
+    target, method, *rest = parts
+    seed = f" ({rest[0].replace('seed', 'seed ')})" if rest else ""
+    return f"{method} -> {target}{seed}"

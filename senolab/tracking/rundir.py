@@ -6,19 +6,27 @@ Layout::
     <run>/runs.json                      manifest: study, run id, tags, tracking state, and
                                          per method the parent/child run records for MLflow
     <run>/summary.json, results.csv      the evaluation of all methods (written by the study)
-    <run>/methods/<method>/summary.json  that method's aggregates (DESIGN.md shape)
-    <run>/methods/<method>/predictions.parquet
-    <run>/methods/<method>/sites/<site>/predictions.parquet
-    <run>/methods/<method>/figures/...   ROC, reliability, attribution figures and tables
+    <run>/methods/<unit>/summary.json    that unit's aggregates (DESIGN.md shape); a unit
+                                         is a method, or <target>/<method>/seed<k> in a
+                                         study with targets and seeds (:func:`unit_path`)
+    <run>/methods/<unit>/predictions.parquet
+    <run>/methods/<unit>/sites/<site>/predictions.parquet
+    <run>/methods/<unit>/figures/...     ROC, reliability, attribution figures and tables
                                          (any sub-folder: MLflow gets the same tree)
-    <run>/methods/<method>/model/model.pt   state_dict + config (torch.load weights_only)
+    <run>/methods/<unit>/model/model.pt  state_dict + config (torch.load weights_only)
     <run>/mlflow.db, <run>/mlartifacts/  the embedded MLflow store (default tracking)
+
+The root is kept absolute (as given, symlinks not resolved), so a relative ``--out``
+means the same folder whatever the working directory does later; paths handed to the
+methods below may be absolute or relative to the working directory.
 
 Every method recorded is pushed to MLflow straight away (the embedded store unless a
 tracking URI was given). If that fails (server down, disk full) the study goes on: the
 failure is warned about and flagged in ``runs.json`` (``tracking.state = "failed"``), no
 further uploads are tried, and ``senolab sync <run>`` uploads the run later without
-duplicating what already arrived.
+duplicating what already arrived. :meth:`RunDir.finish` syncs once more, so a run killed
+during an upload and started again leaves MLflow complete (runs missing or left RUNNING
+are written again; complete ones are skipped).
 """
 from __future__ import annotations
 
@@ -37,7 +45,7 @@ from tqdm.auto import tqdm
 
 from senolab.engine.checkpoint import save_checkpoint
 from senolab.evaluation.report import json_safe
-from senolab.tracking.mirror import MlflowMirror, PushCounts, ui_command
+from senolab.tracking.mirror import MlflowMirror, PushCounts, normalise_tracking_uri, ui_command
 from senolab.tracking.provenance import git_commit
 from senolab.tracking.records import Artifact, MethodRecord, flatten_params, method_record, site_tags_from_predictions, slug
 
@@ -55,7 +63,7 @@ class RunDir:
     """A study's run directory. Make one with :meth:`create`, reopen it with :meth:`open`."""
 
     def __init__(self, root: Path, manifest: dict[str, Any], config: dict[str, Any]):
-        self.root = root
+        self.root = Path(root).absolute()
         self.manifest = manifest
         self.config = config
 
@@ -72,7 +80,8 @@ class RunDir:
         ``data_fingerprint`` (see :func:`senolab.tracking.provenance.table_fingerprint`)
         and ``tags``.
         """
-        root = Path(root)
+        root = Path(root).absolute()
+        tracking_uri = normalise_tracking_uri(tracking_uri)
         if (root / MANIFEST).exists():
             raise FileExistsError(f"{root} already holds a run ({MANIFEST}); open it with RunDir.open or choose another --out")
         root.mkdir(parents=True, exist_ok=True)
@@ -98,7 +107,7 @@ class RunDir:
     @classmethod
     def open(cls, root: str | Path) -> "RunDir":
         """An existing run directory (finished or not)."""
-        root = Path(root)
+        root = Path(root).absolute()
         path = root / MANIFEST
         if not path.is_file():
             raise FileNotFoundError(f"{root} is not a senolab run directory: no {MANIFEST}")
@@ -112,7 +121,15 @@ class RunDir:
         return cls(root, manifest, config or {})
 
     def finish(self, echo: bool = True) -> str:
-        """Mark the study finished and say where to look at it (printed when ``echo``)."""
+        """Mark the study finished and say where to look at it (printed when ``echo``).
+
+        Unless tracking is off or has failed in this run, every recorded method is synced
+        once more: that repairs what an earlier, killed run left half uploaded."""
+        if self.tracking["state"] == OK and self.manifest["methods"]:
+            try:
+                self.sync(progress=False)
+            except Exception:  # noqa: BLE001 - flagged in the manifest and said in the message
+                warnings.warn(TrackingUnavailable(f"MLflow upload failed: {self.tracking['error']}"), stacklevel=2)
         self.manifest["status"] = "finished"
         self._save()
         message = self.tracking_message()
@@ -146,11 +163,25 @@ class RunDir:
     def methods(self) -> list[MethodRecord]:
         return [MethodRecord.from_dict(m) for m in self.manifest["methods"]]
 
-    def method_dir(self, method: str) -> Path:
-        """``methods/<method>/``: where a method's files (figures, model...) belong."""
-        path = self.root / "methods" / slug(method)
+    def is_logged(self, unit: str) -> bool:
+        """Whether ``unit`` (see :func:`unit_path`) is recorded already: a re-run logs nothing twice."""
+        key = self._unit_key(unit)
+        return any(record.parent.key == key for record in self.methods())
+
+    def method_dir(self, unit: str) -> Path:
+        """``methods/<unit>/``: where a unit's files (figures, model...) belong."""
+        path = self.root / "methods" / unit_path(unit)
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def use_tracking_uri(self, tracking_uri: str | None) -> None:
+        """Send this run's records to ``tracking_uri`` from now on (a user's ``--tracking-uri``
+        given when an existing run folder is opened again); :meth:`finish` uploads what the
+        new store lacks."""
+        tracking_uri = normalise_tracking_uri(tracking_uri)
+        if tracking_uri != self.tracking["uri"] or self.tracking["state"] == FAILED:
+            self.manifest["tracking"] = {"uri": tracking_uri, "state": OK, "error": None}
+            self._save()
 
     # ------------------------------------------------------------------ writing
     def write_predictions(self, table: pd.DataFrame) -> Path:
@@ -159,15 +190,20 @@ class RunDir:
         table.to_parquet(path, index=False)
         return path
 
-    def write_model(self, method: str, model: nn.Module, config: Mapping[str, Any]) -> Path:
-        """``methods/<method>/model/model.pt``: the state_dict and the config that builds the model."""
-        return save_checkpoint(self.method_dir(method) / "model" / "model.pt", model=model.state_dict(),
+    def write_model(self, unit: str, model: nn.Module, config: Mapping[str, Any]) -> Path:
+        """``methods/<unit>/model/model.pt``: the state_dict and the config that builds the model."""
+        return save_checkpoint(self.method_dir(unit) / "model" / "model.pt", model=model.state_dict(),
                                config=dict(config))
 
     def log_method(self, method: str, aggregates: Mapping[str, Any], predictions: pd.DataFrame, *,
                    transductive: bool, params: Mapping[str, Any] | None = None, files: Sequence[str | Path] = (),
-                   site_files: Mapping[str, Sequence[str | Path]] | None = None) -> MethodRecord:
+                   site_files: Mapping[str, Sequence[str | Path]] | None = None, target: str | None = None,
+                   seed: int | None = None) -> MethodRecord:
         """Write a finished method's results and record (and push) its MLflow runs.
+
+        ``target`` and ``seed``, in a study that has them, make the unit
+        ``<target>/<method>/seed<k>``: its folder, its MLflow key and tags, so every
+        (target, method, seed) is logged once and never overwrites another.
 
         ``aggregates``: the method's entry of the evaluation (``{site: {metric: {value,
         ci}}, "worst_site": ...}``); ``predictions``: its per-case rows (with ``site``,
@@ -178,7 +214,8 @@ class RunDir:
         relative to :meth:`method_dir` (``figures/roc.png``); a model saved with
         :meth:`write_model` goes to the parent.
         """
-        folder = self.method_dir(method)
+        unit = unit_name(method, target, seed)
+        folder = self.method_dir(unit)
         summary = folder / "summary.json"
         content = json_safe({"config": self.config, "aggregates": {method: aggregates}})
         summary.write_text(json.dumps(content, indent=1, allow_nan=False) + "\n")
@@ -191,15 +228,18 @@ class RunDir:
             rows.to_parquet(path, index=False)
             site_artifacts[str(site)] = [Artifact(self._relative(path)), Artifact(self._relative(summary))]
         for site, paths in (site_files or {}).items():
-            site_artifacts.setdefault(site, []).extend(self._method_file(method, p) for p in paths)
+            site_artifacts.setdefault(site, []).extend(self._method_file(unit, p) for p in paths)
         artifacts = [Artifact(self._relative(summary)), Artifact(self._relative(whole)),
-                     *(self._method_file(method, p) for p in files)]
+                     *(self._method_file(unit, p) for p in files)]
         if (folder / "model").is_dir():
             artifacts.append(Artifact(self._relative(folder / "model")))
+        unit_tags = {"target_site": target} if target is not None else {}
+        if seed is not None:
+            unit_tags["seed"] = str(seed)
         record = method_record(
-            self.run_id, method, aggregates,
+            self.run_id, method, aggregates, unit=unit,
             params={**flatten_params(self.config), **flatten_params({"method": {"name": method, **(params or {})}})},
-            tags={"transductive": str(bool(transductive)).lower()},
+            tags={"transductive": str(bool(transductive)).lower(), **unit_tags},
             site_tags=site_tags_from_predictions(predictions),
             artifacts=artifacts, site_artifacts=site_artifacts,
         )
@@ -228,14 +268,17 @@ class RunDir:
         ``tracking_uri``: where to (default: the run's own tracking URI, or its embedded
         store). Raises what MLflow raised if the upload fails; the manifest says so.
         """
-        target = tracking_uri if tracking_uri is not None else self.tracking["uri"]
+        target = normalise_tracking_uri(tracking_uri) if tracking_uri is not None else self.tracking["uri"]
         counts = PushCounts()
         try:
             mirror = self._mirror(target)
             for method in tqdm(self.methods(), desc="sync to MLflow", unit="method", disable=not progress):
                 counts.add(self._push(mirror, method))
         except Exception as err:
-            self._flag_failure(err, target)
+            # A failed upload elsewhere says nothing about the folder's own store: only a
+            # failure of that store is flagged, and X never becomes the default by failing.
+            if target == self.tracking["uri"]:
+                self._flag_failure(err, target)
             raise
         self.manifest["tracking"] = {"uri": target, "state": OK, "error": None,
                                      "synced": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -264,19 +307,22 @@ class RunDir:
         self._save()
 
     # ------------------------------------------------------------------ files
-    def _method_file(self, method: str, path: str | Path) -> Artifact:
-        """An artifact whose MLflow folder mirrors its place under the method's folder."""
+    def _unit_key(self, unit: str) -> str:
+        return f"{self.run_id}/{unit_path(unit).as_posix()}"
+
+    def _method_file(self, unit: str, path: str | Path) -> Artifact:
+        """An artifact whose MLflow folder mirrors its place under the unit's folder."""
         relative = self._relative(path)
-        method_prefix = self._relative(self.method_dir(method)) + "/"
+        method_prefix = self._relative(self.method_dir(unit)) + "/"
         inner = relative.removeprefix(method_prefix) if relative.startswith(method_prefix) else Path(relative).name
         folder = Path(inner).parent.as_posix()
         return Artifact(relative, "" if folder == "." else folder)
 
     def _relative(self, path: str | Path) -> str:
-        path = Path(path)
-        absolute = path if path.is_absolute() else self.root / path
+        # Relative paths are the working directory's, like every other path a user gives;
+        # both sides resolved, so a root reached through a symlink or '..' still matches.
         try:
-            return absolute.resolve().relative_to(self.root.resolve()).as_posix()
+            return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
         except ValueError:
             raise ValueError(f"{path} is outside the run directory {self.root}; a run directory must be self-contained") from None
 
@@ -286,3 +332,17 @@ class RunDir:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.manifest, indent=1) + "\n")
         os.replace(tmp, path)
+
+
+def unit_name(method: str, target: str | None = None, seed: int | None = None) -> str:
+    """The name of what is logged once: ``method``, or ``<target>/<method>/seed<k>``."""
+    parts = [target] if target is not None else []
+    parts.append(method)
+    if seed is not None:
+        parts.append(f"seed{seed}")
+    return "/".join(parts)
+
+
+def unit_path(unit: str) -> Path:
+    """A unit name as a relative folder, each part made safe for file names."""
+    return Path(*(slug(part) for part in unit.split("/")))
