@@ -306,7 +306,7 @@ def test_a_user_parameter_file_changes_the_hash_and_bad_files_are_refused(tmp_pa
     refused(lambda p: p["setting"].update(force2D=True), "force2D must be false")
     refused(lambda p: p["setting"].update(binWidth="wide"), "schema")
     refused(lambda p: p["setting"].update(label=255), "label must be 1")
-    with pytest.raises(ParamsError, match="cannot read"):
+    with pytest.raises(ParamsError, match="found nothing"):
         load_params(tmp_path / "absent.yaml")
 
 
@@ -506,5 +506,6 @@ def test_command_line_extracts_a_cohort_folder_and_describes_the_table(tmp_path,
     assert "features that shift most between sites" in text and "101 features" in text
     assert figure.stat().st_size > 10_000
 
-    assert main(["radiomics", "extract", str(tmp_path / "nothing"), "--out", str(out)]) == 2
-    assert "no such folder" in capsys.readouterr().err
+    assert main(["radiomics", "extract", str(tmp_path / "nothing"), "--out", str(out),
+                 "--cache", str(tmp_path / "cache")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'nothing'}")

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
 from senolab._optional import require
+from senolab.errors import InputError
+from senolab.paths import describe_path
 
 DEFAULT_PARAMS_FILE = Path(str(resources.files("senolab.radiomics") / "params" / "default_2d.yaml"))
 
@@ -30,8 +34,9 @@ EXTRACTION_VERSION = 1
 CLASSES_2D = ("firstorder", "shape2D", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
 
 
-class ParamsError(ValueError):
-    """A parameter file is unreadable, invalid for pyradiomics, or unfit for 2D lesions."""
+class ParamsError(InputError):
+    """A parameter file is missing, unreadable, empty, invalid for pyradiomics, or unfit for
+    2D lesions. The message is one line naming the file."""
 
 
 @dataclass(frozen=True)
@@ -63,12 +68,17 @@ class RadiomicsParams:
 def load_params(path: str | Path | None = None) -> RadiomicsParams:
     """Read a parameter file (default: the shipped ``default_2d.yaml``) and validate it."""
     path = Path(path) if path is not None else DEFAULT_PARAMS_FILE
+    found = describe_path(path)
+    if found != "a file":
+        raise ParamsError(f"{path}: expected a pyradiomics parameter file (YAML), found {found}")
     try:
         params = yaml.safe_load(path.read_text())
     except OSError as err:
-        raise ParamsError(f"{path}: cannot read the parameter file ({err})") from err
+        raise ParamsError(f"{path}: cannot read the parameter file ({err.strerror or err})") from err
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML ({err})") from err
+        raise ParamsError(f"{path}: not valid YAML ({_where_yaml_fails(err)})") from err
+    if params is None:
+        raise ParamsError(f"{path}: the parameter file is empty; expected a mapping with imageType/featureClass/setting")
     if not isinstance(params, dict):
         raise ParamsError(
             f"{path}: expected a mapping with imageType/featureClass/setting, got {type(params).__name__}"
@@ -114,13 +124,35 @@ def lesion_box_suffices(params: dict[str, Any]) -> bool:
     )
 
 
+def _where_yaml_fails(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report as one line: where, then what."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
 def _check_with_pyradiomics(params: dict[str, Any], path: Path) -> None:
     # pyradiomics validates against its own schema when an extractor is built from a dict.
     featureextractor = require("radiomics.featureextractor")
     try:
-        featureextractor.RadiomicsFeatureExtractor(params)
+        with _pykwalify_silenced():
+            featureextractor.RadiomicsFeatureExtractor(params)
     except Exception as err:  # pykwalify raises its own SchemaError types
-        raise ParamsError(f"{path}: rejected by pyradiomics' parameter schema: {err}") from err
+        # pykwalify lists one error per line: joined, so that the refusal stays one line
+        reason = " ".join(str(err).split())
+        raise ParamsError(f"{path}: rejected by pyradiomics' parameter schema: {reason}") from err
+
+
+@contextmanager
+def _pykwalify_silenced() -> Iterator[None]:
+    # pykwalify also logs every schema error to stderr; the ParamsError already says it.
+    logger = logging.getLogger("pykwalify")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _check_2d(params: dict[str, Any], path: Path) -> None:
