@@ -1,4 +1,12 @@
-"""`senolab radiomics extract ROOT... --out F.parquet` and `senolab radiomics describe F.parquet`."""
+"""`senolab radiomics extract ROOT... --out F.parquet` and `senolab radiomics describe F.parquet`.
+
+``extract`` checks its inputs before any work: the parameter file, that ``--out``'s folder
+and the cache can be written (one line ``error: ...`` and exit 2 otherwise). At the end it
+prints what was extracted, what failed and which cases the readers skipped, and writes the
+same beside the table as ``F.summary.json`` (fields: :mod:`senolab.radiomics.report`).
+
+Only the standard library is imported at the top: ``senolab --help`` imports this module.
+"""
 from __future__ import annotations
 
 import argparse
@@ -20,10 +28,13 @@ def _register_extract(sub) -> None:
         help="2D pyradiomics features of every lesion of one or more cohorts, cached, in parallel",
         description="Extract pyradiomics features (firstorder, shape2D, GLCM, GLRLM, GLSZM, GLDM, NGTDM) of every "
         "lesion mask into a parquet table keyed by case_id and lesion_index. Results are cached by the content "
-        "of image and mask and by the parameters: a second run computes nothing.",
+        "of image and mask and by the parameters: a second run computes nothing. Beside the table, F.summary.json "
+        "(for --out F.parquet) counts the cases read, lesions extracted and failed, and lists every failure and "
+        "every case skipped while reading, each with its file and reason; the same is printed at the end.",
     )
     extract.add_argument("roots", nargs="+", type=Path, metavar="ROOT", help="dataset folders (layout is detected)")
-    extract.add_argument("--out", type=Path, required=True, help="output parquet file")
+    extract.add_argument("--out", type=Path, required=True,
+                         help="output parquet file; its summary goes beside it as <name>.summary.json")
     extract.add_argument("-j", "--jobs", type=int, default=None, help="worker processes (default: all cores)")
     extract.add_argument("--params", type=Path, default=None,
                          help="pyradiomics parameter YAML (default: senolab's shipped default_2d.yaml)")
@@ -52,30 +63,52 @@ def _register_describe(sub) -> None:
 
 def run_extract(args: argparse.Namespace) -> int:
     from senolab.cohorts.readers import read_cohort
-    from senolab.cohorts.schema import CohortError, combine
-    from senolab.radiomics.cache import default_cache_dir
+    from senolab.cohorts.schema import combine
+    from senolab.errors import InputError
     from senolab.radiomics.extract import extract_features
-    from senolab.radiomics.parameters import ParamsError, load_params
+    from senolab.radiomics.parameters import load_params
+    from senolab.radiomics.report import extraction_summary, skipped_lines, summary_path, write_summary
     from senolab.radiomics.table import RadiomicsError
 
     if args.jobs is not None and args.jobs < 1:
-        print(f"error: -j/--jobs must be at least 1, got {args.jobs}", file=sys.stderr)
-        return 2
+        raise InputError(f"-j/--jobs must be at least 1, got {args.jobs}")
+    # Bad parameters, cohorts and outputs are InputErrors, which `senolab` prints as one
+    # line; the parameters and outputs are checked before the cohorts are even read.
+    params = load_params(args.params)
+    cache_dir = _writable_outputs(args)
+    cohorts = [read_cohort(root, strict=args.strict) for root in args.roots]
+    cohort = cohorts[0] if len(cohorts) == 1 else combine(cohorts)
     try:
-        params = load_params(args.params)
-        cohorts = [read_cohort(root, strict=args.strict) for root in args.roots]
-        cohort = cohorts[0] if len(cohorts) == 1 else combine(cohorts)
-        result = extract_features(cohort, params, jobs=args.jobs, cache_dir=args.cache, use_cache=not args.no_cache,
+        result = extract_features(cohort, params, jobs=args.jobs, cache_dir=cache_dir, use_cache=cache_dir is not None,
                                   strict=args.strict, progress=not args.quiet)
-    except (CohortError, ParamsError, RadiomicsError) as err:
+    except RadiomicsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     path = result.write(args.out)
+    summary = write_summary(extraction_summary(cohort, result, path), summary_path(path))
     print(result.summary())
-    if not args.no_cache:
-        print(f"cache: {(args.cache or default_cache_dir()).resolve()}")
+    print("\n".join(skipped_lines(cohort.problems)) or "no case skipped while reading the cohort")
+    if cache_dir is not None:
+        print(f"cache: {cache_dir.resolve()}")
     print(f"features: {path.resolve()} (parameters hash {params.hash[:12]}, pyradiomics {params.pyradiomics_version})")
+    print(f"summary: {summary.resolve()}")
     return 0
+
+
+def _writable_outputs(args: argparse.Namespace) -> Path | None:
+    """Refuse an ``--out`` or cache that cannot be written, before the long work that would
+    end there; return the cache folder (None under ``--no-cache``)."""
+    from senolab.errors import InputError
+    from senolab.paths import describe_path, writable_folder
+    from senolab.radiomics.cache import default_cache_dir
+
+    found = describe_path(args.out)
+    if found not in ("nothing", "a file"):
+        raise InputError(f"{args.out}: --out must name a parquet file, found {found}")
+    writable_folder(args.out.parent, "output folder")
+    if args.no_cache:
+        return None
+    return writable_folder(args.cache or default_cache_dir(), "radiomics cache")
 
 
 def run_describe(args: argparse.Namespace) -> int:

@@ -143,17 +143,25 @@ def invalid_cache_line(count: int) -> str:
 def failure_lines(table: pd.DataFrame, limit: int = 10) -> list[str]:
     """Failures grouped by reason, then the first few failed lesions."""
     failed = table[table["status"] == FAILED]
-    if failed.empty:
+    items = [(f"{rec.case_id} lesion {_lesion(rec.lesion_index)}", rec.error) for rec in failed.itertuples()]
+    return grouped_reasons("failures by reason:", items, limit)
+
+
+def grouped_reasons(heading: str, items: list[tuple[str, str]], limit: int = 10) -> list[str]:
+    """``heading``, how many ``(what, reason)`` items have each kind of reason, then the
+    first ``limit`` items as ``what: reason``; nothing when there are no items."""
+    if not items:
         return []
-    lines = ["failures by reason:"]
-    reasons = failed["error"].map(_reason_kind).value_counts()
-    lines += [f"  {n:5d}  {reason}" for reason, n in reasons.items()]
-    for rec in failed.head(limit).itertuples():
-        lesion = "-" if pd.isna(rec.lesion_index) else int(rec.lesion_index)
-        lines.append(f"  {rec.case_id} lesion {lesion}: {rec.error}")
-    if len(failed) > limit:
-        lines.append(f"  ... and {len(failed) - limit} more")
+    kinds = pd.Series([_reason_kind(reason) for _, reason in items]).value_counts()
+    lines = [heading, *(f"  {n:5d}  {kind}" for kind, n in kinds.items())]
+    lines += [f"  {what}: {reason}" for what, reason in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"  ... and {len(items) - limit} more")
     return lines
+
+
+def _lesion(index) -> str:
+    return "-" if pd.isna(index) else str(int(index))
 
 
 def _reason_kind(error: str) -> str:
