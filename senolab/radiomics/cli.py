@@ -34,7 +34,7 @@ def _register_extract(sub) -> None:
     )
     extract.add_argument("roots", nargs="+", type=Path, metavar="ROOT", help="dataset folders (layout is detected)")
     extract.add_argument("--out", type=Path, required=True,
-                         help="output parquet file; its summary goes beside it as <name>.summary.json")
+                         help="output parquet file F.parquet; its summary goes beside it as F.summary.json")
     extract.add_argument("-j", "--jobs", type=int, default=None, help="worker processes (default: all cores)")
     extract.add_argument("--params", type=Path, default=None,
                          help="pyradiomics parameter YAML (default: senolab's shipped default_2d.yaml)")
