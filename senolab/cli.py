@@ -5,6 +5,8 @@ import argparse
 import importlib
 import sys
 
+from senolab import __version__
+
 # One line per sub-package that has commands; each module exposes register(subparsers).
 COMMAND_MODULES = [
     "senolab.cohorts.cli",
@@ -21,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Breast-imaging research across institutions: cohorts, radiomics, "
         "fused multi-task models, domain adaptation, explanations, tracking.",
     )
+    parser.add_argument("--version", action="version", version=f"senolab {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

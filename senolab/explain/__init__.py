@@ -10,16 +10,13 @@ Graphs: :func:`graph_attributions`. Checks: :func:`pointing_game`,
 
 Captum and torch-geometric are imported on first use (``senolab[explain]``, ``[graph]``).
 """
-from senolab.explain.checks import pointing_game, randomisation_check, topk_stability
-from senolab.explain.figures import cohort_case_grids, mean_abs_by_cohort, tabular_bar_chart
-from senolab.explain.forward import READOUTS
-from senolab.explain.graph import GraphAttributions, graph_attributions
-from senolab.explain.image import EXPLAINERS, ImageExplanations, attribute_image, explain_images
-from senolab.explain.tabular import FeatureGroups, feature_ablation, tabular_groups, token_integrated_gradients
+from senolab import lazy_package
 
-__all__ = [
-    "EXPLAINERS", "READOUTS", "FeatureGroups", "GraphAttributions", "ImageExplanations", "attribute_image",
-    "cohort_case_grids", "explain_images", "feature_ablation", "graph_attributions", "mean_abs_by_cohort",
-    "pointing_game", "randomisation_check", "tabular_bar_chart", "tabular_groups", "token_integrated_gradients",
-    "topk_stability",
-]
+__all__ = lazy_package(__name__, exports={
+    "checks": ["pointing_game", "randomisation_check", "topk_stability"],
+    "figures": ["cohort_case_grids", "mean_abs_by_cohort", "tabular_bar_chart"],
+    "forward": ["READOUTS"],
+    "graph": ["GraphAttributions", "graph_attributions"],
+    "image": ["EXPLAINERS", "ImageExplanations", "attribute_image", "explain_images"],
+    "tabular": ["FeatureGroups", "feature_ablation", "tabular_groups", "token_integrated_gradients"],
+})

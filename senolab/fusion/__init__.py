@@ -4,12 +4,12 @@ Registry :data:`FUSIONS`: ``image_only``, ``tabular_only``, ``concat``, ``decisi
 ``cross_attention``, ``graph`` (torch-geometric, imported when a graph is built). Build one
 with :func:`build_fusion` and hand it to :class:`senolab.models.MultiTaskModel`.
 """
-from senolab.fusion.base import FUSIONS, MODALITIES, Fusion, build_fusion, fusion_for_data, fusion_options
-from senolab.fusion.tabular import MetadataTokeniser, RadiomicsTokeniser, TabularEncoder, TabularInputs, Tokens
-from senolab.fusion import late, cross_attention, graph  # noqa: F401  (register the fusions)
-from senolab.fusion.graph import refresh_population
+from senolab import lazy_package
 
-__all__ = [
-    "FUSIONS", "Fusion", "MetadataTokeniser", "RadiomicsTokeniser", "TabularEncoder", "TabularInputs", "Tokens",
-    "MODALITIES", "build_fusion", "fusion_for_data", "fusion_options", "refresh_population",
-]
+__all__ = lazy_package(__name__, exports={
+    "base": ["FUSIONS", "MODALITIES", "Fusion", "build_fusion", "fusion_for_data", "fusion_options"],
+    "tabular": ["MetadataTokeniser", "RadiomicsTokeniser", "TabularEncoder", "TabularInputs", "Tokens"],
+    "graph": ["refresh_population"],
+}, registries={
+    "base": ["late", "cross_attention", "graph"],
+})

@@ -2,18 +2,17 @@
 
 Registries: :data:`ENCODERS` (``unet``, ``vit``, ``hybrid``), :data:`HEADS` (``cls``,
 ``seg``, ``box``), :data:`BALANCERS` (``fixed``, ``uncertainty``, ``gradnorm``, ``dwa``).
-Importing this package registers them all; ``transformers`` is imported only when a
-``vit`` encoder is built.
+Each is complete as soon as its module is imported; ``transformers`` is imported only
+when a ``vit`` encoder is built.
 """
-from senolab.models.encoders import ENCODERS, Encoder, EncoderOutput, build_encoder, load_encoder_checkpoint
-from senolab.models import unet, vit, hybrid  # noqa: F401  (register the encoders)
-from senolab.models.heads import HEADS, box_from_params
-from senolab.models.multitask import DEFAULT_HEADS, MultiTaskModel, build_model
-from senolab.models.losses import LossConfig, multitask_losses
-from senolab.models.balancers import BALANCERS, Balancer
+from senolab import lazy_package
 
-__all__ = [
-    "BALANCERS", "Balancer", "DEFAULT_HEADS", "ENCODERS", "Encoder", "EncoderOutput", "HEADS",
-    "LossConfig", "MultiTaskModel", "box_from_params", "build_encoder", "build_model",
-    "load_encoder_checkpoint", "multitask_losses",
-]
+__all__ = lazy_package(__name__, exports={
+    "encoders": ["ENCODERS", "Encoder", "EncoderOutput", "build_encoder", "load_encoder_checkpoint"],
+    "heads": ["HEADS", "box_from_params"],
+    "multitask": ["DEFAULT_HEADS", "MultiTaskModel", "build_model"],
+    "losses": ["LossConfig", "multitask_losses"],
+    "balancers": ["BALANCERS", "Balancer"],
+}, registries={
+    "encoders": ["unet", "vit", "hybrid"],
+})

@@ -6,12 +6,11 @@ records into MLflow idempotently (embedded SQLite store by default, or a server)
 ``senolab sync RUN_DIR`` uploads a run whose tracking failed or was off.
 MLflow is imported on first use (``senolab[tracking]``).
 """
-from senolab.tracking.mirror import MlflowMirror, PushCounts, embedded_uri, ui_command
-from senolab.tracking.provenance import git_commit, table_fingerprint
-from senolab.tracking.records import Artifact, MethodRecord, RunRecord, flatten_params, method_record
-from senolab.tracking.rundir import RunDir, TrackingUnavailable
+from senolab import lazy_package
 
-__all__ = [
-    "Artifact", "MethodRecord", "MlflowMirror", "PushCounts", "RunDir", "RunRecord", "TrackingUnavailable",
-    "embedded_uri", "flatten_params", "git_commit", "method_record", "table_fingerprint", "ui_command",
-]
+__all__ = lazy_package(__name__, exports={
+    "mirror": ["MlflowMirror", "PushCounts", "embedded_uri", "ui_command"],
+    "provenance": ["git_commit", "table_fingerprint"],
+    "records": ["Artifact", "MethodRecord", "RunRecord", "flatten_params", "method_record"],
+    "rundir": ["RunDir", "TrackingUnavailable"],
+})
