@@ -1,4 +1,7 @@
-"""`senolab cohorts describe ROOT... [--json]`."""
+"""`senolab cohorts describe ROOT... [--json] [--strict] [--figure PNG]`.
+
+Only the standard library is imported here: ``senolab --help`` builds every parser.
+"""
 from __future__ import annotations
 
 import argparse
@@ -18,9 +21,11 @@ def register(subparsers) -> None:
     describe.add_argument("roots", nargs="*", type=Path, metavar="ROOT", help="dataset folders (layout is detected)")
     describe.add_argument("--json", action="store_true", help="print a machine-readable list instead of a table")
     describe.add_argument("--strict", action="store_true", help="stop at the first bad case instead of skipping it")
-    describe.add_argument("--figure", type=Path, default=Path("cohorts_describe.png"),
-                          help="where to save the class-balance and intensity figure (default: %(default)s)")
-    describe.add_argument("--no-figure", action="store_true", help="do not draw the figure")
+    describe.add_argument("--figure", type=Path, metavar="PNG",
+                          help="also save the class-balance and intensity figure to PNG (none by default)")
+    # The figure used to be drawn unless --no-figure; it is opt-in now, and the old flag
+    # is accepted so that existing scripts keep running.
+    describe.add_argument("--no-figure", action="store_true", help=argparse.SUPPRESS)
     describe.set_defaults(func=run_describe)
 
 
@@ -28,6 +33,9 @@ def run_describe(args: argparse.Namespace) -> int:
     from senolab.cohorts.dedup import mark_duplicates
     from senolab.cohorts.describe import describe, describe_figure, format_table
     from senolab.cohorts.readers import read_cohort
+
+    if args.figure is not None:
+        _check_figure_path(args.figure)  # before reading: a bad path should not cost the reading
     cohorts = [read_cohort(root, strict=args.strict) for root in args.roots] or [_synthetic_default()]
     progress = not args.json
     summaries = [describe(mark_duplicates(c, progress=progress)) for c in cohorts]
@@ -35,10 +43,20 @@ def run_describe(args: argparse.Namespace) -> int:
         print(json.dumps(summaries, indent=1))
     else:
         print(format_table(summaries))
-    if not args.no_figure:
+    if args.figure is not None:
         path = describe_figure(cohorts, args.figure)
         print(f"figure: {path.resolve()}", file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _check_figure_path(figure: Path) -> None:
+    from senolab.errors import InputError
+    from senolab.paths import describe_path, writable_folder
+
+    found = describe_path(figure)
+    if found not in ("nothing", "a file"):
+        raise InputError(f"{figure}: --figure names {found}; expected the name of a PNG file to write")
+    writable_folder(figure.parent, "figure's folder")
 
 
 def _synthetic_default():
