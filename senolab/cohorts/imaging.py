@@ -29,17 +29,49 @@ def load_gray(path: str | Path) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8).copy()
 
 
-def load_mask(path: str | Path) -> np.ndarray:
-    """A lesion mask as bool HxW.
+# A mask is 0/255-like (a 0/255 mask after JPEG compression or bilinear resampling) when its
+# values sit near 0 and near 255 with only an edge's worth in between: then 128 separates them.
+NEAR_0 = 64
+NEAR_255 = 192
+MAX_IN_BETWEEN = 0.05  # fraction of all pixels; a blurred outline is far below, a grey image far above
 
-    Masks come as 0/1 or 0/255 (and one BrEaST mask has a stray 75), so the threshold is
-    half the file's maximum rather than a comparison with 255.
+
+class MaskValueError(ValueError):
+    """A mask whose values are neither binary nor 0/255-like, so no threshold is safe."""
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """A lesion mask as bool HxW, by :func:`mask_foreground`."""
+    return mask_foreground(load_gray(path))
+
+
+def mask_foreground(gray: np.ndarray) -> np.ndarray:
+    """The lesion pixels of a uint8 mask, by the rule its value set calls for.
+
+    - binary, 0 and one other value (0/1, 0/255, 0/75 ...): that value is the lesion;
+      only 0 is an empty mask;
+    - 0/255-like (near 0 and near 255, few values between): the lesion is >= 128, so a
+      stray 75 in a 0/255 mask is background;
+    - anything else (a 0/1 mask with a stray 75, a grey image, no 0 background) raises
+      :class:`MaskValueError`: half the maximum would turn a stray pixel into a lesion.
     """
-    arr = load_gray(path).astype(np.float32)
-    top = arr.max()
-    if top == 0:
-        return np.zeros(arr.shape, dtype=bool)
-    return arr >= top / 2.0
+    counts = np.bincount(gray.ravel(), minlength=256)
+    values = np.flatnonzero(counts)
+    if values[0] == 0 and len(values) <= 2:
+        return gray > 0
+    in_between = counts[NEAR_0:NEAR_255].sum()
+    if counts[:NEAR_0].any() and counts[NEAR_255:].any() and in_between <= MAX_IN_BETWEEN * gray.size:
+        return gray >= 128
+    raise MaskValueError(
+        f"mask values {_value_set(values)} are neither binary (0 and one lesion value) "
+        f"nor 0/255-like (near 0 and near 255)"
+    )
+
+
+def _value_set(values: np.ndarray) -> str:
+    if len(values) <= 6:
+        return "{" + ", ".join(str(v) for v in values) + "}"
+    return f"({len(values)} distinct, {values[0]} to {values[-1]})"
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

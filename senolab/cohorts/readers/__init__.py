@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from senolab.cohorts.schema import Cohort, CohortError
+from senolab.paths import require_folder
 from senolab.registry import Registry
 
 READERS: Registry = Registry("cohort reader")
@@ -16,21 +17,20 @@ READERS: Registry = Registry("cohort reader")
 def read_cohort(root: str | Path, strict: bool = False, reader: str | None = None) -> Cohort:
     """Read the dataset at ``root``, detecting which one it is from its layout."""
     _import_all()
-    root = Path(root)
-    if not root.is_dir():
-        raise CohortError(f"{root}: no such folder. Expected one of:\n{expected_layouts()}")
+    root = require_folder(root, "dataset folder")  # a file or a symlink loop is called what it is
     if reader is not None:
         return READERS.get(reader).read(root, strict=strict)
     for name in READERS:
         entry = READERS.get(name)
         if entry.detect(root):
             return entry.read(root, strict=strict)
-    raise CohortError(f"{root}: not a known dataset layout. Expected one of:\n{expected_layouts()}")
+    raise CohortError(f"{root}: not a known dataset layout; expected one of: {expected_layouts()}")
 
 
 def expected_layouts() -> str:
+    """The known layouts on one line, as the command line prints errors."""
     _import_all()
-    return "\n".join(f"  - {name}: {READERS.get(name).layout}" for name in READERS)
+    return "; ".join(f"{name}: {READERS.get(name).layout}" for name in READERS)
 
 
 def _import_all() -> None:

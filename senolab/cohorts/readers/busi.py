@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from senolab.cohorts.imaging import READ_ERRORS, load_mask
+from senolab.cohorts.imaging import load_mask
 from senolab.cohorts.readers import READERS
-from senolab.cohorts.readers.base import CaseFiles, ProblemLog, load_cases
+from senolab.cohorts.readers.base import CaseFiles, ProblemLog, load_cases, not_a_file, read_pixels
 from senolab.cohorts.schema import LABELS, Cohort, CohortError
 
 FOLDER = "Dataset_BUSI_with_GT"
@@ -44,7 +44,7 @@ def _class_root(root: Path) -> Path | None:
 
 
 def _cases_in(folder: Path, label: str, log: ProblemLog) -> list[CaseFiles]:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
+    files = [p for p in sorted(folder.iterdir()) if p.suffix.lower() == ".png" and _is_file(p, log)]
     images = {p.stem: p for p in files if not MASK_RE.match(p.name)}
     masks: dict[str, list[Path]] = {}
     for p in files:
@@ -70,6 +70,15 @@ def _cases_in(folder: Path, label: str, log: ProblemLog) -> list[CaseFiles]:
     return cases
 
 
+def _is_file(path: Path, log: ProblemLog) -> bool:
+    # a folder or symlink loop named like an image is reported as what it is, not as an
+    # image without its mask
+    problem = not_a_file(path, "mask" if MASK_RE.match(path.name) else "image")
+    if problem:
+        log.add(path, problem)
+    return problem is None
+
+
 def _mask_order(path: Path) -> tuple[int, str]:
     # "<name>_mask.png" first, then "_mask_1", "_mask_2": the listed order of the lesions.
     suffix = path.stem.rsplit("_mask", 1)[1]
@@ -78,11 +87,9 @@ def _mask_order(path: Path) -> tuple[int, str]:
 
 def _check_empty(paths: list[Path], log: ProblemLog) -> None:
     for p in paths:
-        try:
-            if load_mask(p).any():
-                log.add(p, "normal image whose mask is not empty (kept as normal, mask ignored)")
-        except READ_ERRORS as err:
-            log.add(p, f"unreadable mask ({err})")
+        mask = read_pixels(p, "mask", load_mask, log)
+        if mask is not None and mask.any():
+            log.add(p, "normal image whose mask is not empty (kept as normal, mask ignored)")
 
 
 READERS.register("busi")(BusiReader())

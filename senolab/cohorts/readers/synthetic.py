@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from senolab.cohorts.readers import READERS
-from senolab.cohorts.readers.base import CaseFiles, ProblemLog, finite_or_nan, load_cases
+from senolab.cohorts.readers.base import CaseFiles, ProblemLog, TableRow, load_cases, read_text_table, table_rows
 from senolab.cohorts.schema import Cohort, CohortError
 from senolab.cohorts.synthetic import (
     BUSI_FOLDER,
@@ -48,9 +48,14 @@ class SyntheticReader:
         records = _metadata(root)
         log = ProblemLog(self.name, strict)
         _report_files_without_rows(root, records, log)
-        cases = [case for rec in records.to_dict("records") if (case := _case(root, rec, log)) is not None]
+        rows = table_rows(records, root / METADATA_FILE, log)
+        cases = [case for row, rec in rows if (case := _case(root, rec, row, log)) is not None]
         table = load_cases(cases, log)
         return Cohort(self.name, table, metadata_columns(), {}, log.problems, root).validate()
+
+
+# Plausible pixel spacings (mm, exclusive): a value outside is a typo, kept as missing.
+SPACING_MM = (0.0, 10.0)
 
 
 def _metadata(root: Path) -> pd.DataFrame:
@@ -58,21 +63,21 @@ def _metadata(root: Path) -> pd.DataFrame:
     if not path.is_file():
         raise CohortError(f"{path}: missing; a synthetic cohort folder holds {SyntheticReader.layout}")
     # Every cell as text: an empty cell is a missing value, parsed per declared column.
-    records = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in CSV_COLUMNS if c not in records.columns]
-    if missing:
-        raise CohortError(f"{path}: missing columns {missing}; expected {list(CSV_COLUMNS)}")
-    return records
+    return read_text_table(path, CSV_COLUMNS)
 
 
-def _case(root: Path, rec: dict, log: ProblemLog) -> CaseFiles | None:
-    image = root / rec["image"]
+def _case(root: Path, rec: dict, row: TableRow, log: ProblemLog) -> CaseFiles | None:
+    image = row.path_inside(root, "image", rec["image"])
+    masks = [row.path_inside(root, "masks", m) for m in _split(rec["masks"])]
+    if image is None or None in masks:
+        return None
     try:
         metadata = {name: parse_cell(rec[name], col) for name, col in METADATA_COLUMNS.items()}
     except ValueError as err:
         log.add(image, f"{METADATA_FILE} row {rec['case_id']!r}: {err}")
         return None
     metadata["duplicate_of"] = rec["duplicate_of"] or None
+    spacing = rec["pixel_spacing_mm"].strip()
     return CaseFiles(
         case_id=rec["case_id"],
         patient_id=rec["patient_id"],
@@ -80,8 +85,8 @@ def _case(root: Path, rec: dict, log: ProblemLog) -> CaseFiles | None:
         label=rec["label"],
         site=rec["site"],
         scanner=rec["scanner"],
-        mask_paths=[root / m for m in _split(rec["masks"])],
-        pixel_spacing_mm=finite_or_nan(rec["pixel_spacing_mm"]),
+        mask_paths=masks,
+        pixel_spacing_mm=row.number_between("pixel_spacing_mm", spacing, *SPACING_MM) if spacing else float("nan"),
         metadata=metadata,
     )
 
