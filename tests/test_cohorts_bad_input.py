@@ -450,3 +450,16 @@ def test_cli_describe_writes_no_file_unless_asked(busi, tmp_path):
 def test_cli_figure_path_that_is_a_folder_is_refused_before_reading(busi, tmp_path):
     line = _one_line_error(senolab("cohorts", "describe", str(busi), "--figure", str(tmp_path)))
     assert str(tmp_path) in line and "a folder" in line
+
+
+def test_cohort_without_a_readable_case_is_one_line_error(busi):
+    for mask in (busi / "Dataset_BUSI_with_GT").glob("*/*_mask*.png"):
+        mask.unlink()
+    for image in (busi / "Dataset_BUSI_with_GT" / "normal").glob("*.png"):
+        image.unlink()
+    with pytest.raises(CohortError, match=r"busi: no case could be read; 4 problems, the first: .*without a lesion"):
+        read_cohort(busi)
+    for image in (busi / "Dataset_BUSI_with_GT").glob("*/*.png"):
+        image.unlink()
+    with pytest.raises(CohortError, match="busi: no cases found"):
+        read_cohort(busi)

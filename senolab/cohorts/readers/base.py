@@ -62,10 +62,12 @@ def load_cases(cases: Iterable[CaseFiles], log: ProblemLog, progress: bool = Tru
         row = _load_case(case, log)
         if row is not None:
             rows.append(row)
+    # an empty table would fail validation with a message about columns, not about the data
+    if not rows and not log.problems:
+        raise CohortError(f"{log.cohort}: no cases found")
     if not rows:
-        # an empty table would fail validation with a message about columns, not about the data
-        first = f"; first problem: {log.problems[0]}" if log.problems else ""
-        raise CohortError(f"{log.cohort}: none of its {len(cases)} listed cases could be read{first}")
+        count = f"{len(log.problems)} problems"
+        raise CohortError(f"{log.cohort}: no case could be read; {count}, the first: {log.problems[0]}")
     return pd.DataFrame(rows)
 
 
