@@ -47,3 +47,31 @@ def test_quickstart_runs_end_to_end_and_tracks(tmp_path):
     run_main(reduced_quickstart(), out, progress=False)
     assert (out / "study" / "runs" / "site_c" / "erm" / "seed0" / "best.pt").stat().st_mtime_ns == stamp
     assert len(mlflow.search_runs(experiment_names=["quickstart"])) == 4
+
+
+def test_loso_run_logs_every_target_and_method_once(tmp_path):
+    """Leave-one-site-out: each (target, method) has its own folder, figures and model, and
+    one MLflow parent run (the first session logged only the first target per method)."""
+    config = reduced_quickstart()
+    study = config.study.model_copy(update={"protocol": "loso", "pairs": [], "embedding_figure": False})
+    study.base.data.synthetic.n_sites = 3
+    config = config.model_copy(update={"study": study, "explain": ExplainStep(methods=["gradcam"], max_cases=2)})
+    out = tmp_path / "loso"
+    run_main(config, out, progress=False)
+
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("quickstart").experiment_id
+    runs = client.search_runs([experiment])
+    top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    pairs = sorted((r.data.tags["target_site"], r.data.tags["method"]) for r in top)
+    expected = sorted((t, m) for t in ("site_a", "site_b", "site_c") for m in ("erm", "histogram_matching"))
+    assert pairs == expected
+    assert len(runs) == 2 * len(expected)  # and one child (the target site) each
+    rocs = sorted(out.glob("methods/*/*/seed0/figures/roc.png"))
+    assert len(rocs) == len(expected)
+    for target, method in expected:  # each folder holds its own target's cases
+        cases = pd.read_parquet(out / "methods" / target / method / "seed0" / "predictions.parquet")
+        assert set(cases["site"]) == {target}
+    assert len(list(out.glob("methods/*/*/seed0/model/model.pt"))) == len(expected)

@@ -296,3 +296,30 @@ def test_run_dir_refuses_bad_use(tmp_path, capsys):
         run.log_method("erm", aggregates, predictions, transductive=False)
     assert senolab_main(["sync", str(tmp_path / "nothing")]) == 2
     assert "not a senolab run directory" in capsys.readouterr().err
+
+
+def test_failed_sync_elsewhere_keeps_the_folder_default(tmp_path, capsys):
+    """`senolab sync --tracking-uri X` that fails leaves the folder's own store as it was
+    (it used to make X the default and flag the folder as failed)."""
+    root = tmp_path / "run"
+    run = RunDir.create(root, "kept", CONFIG)
+    log_method(run, "erm")
+    run.finish(echo=False)
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert senolab_main(["sync", str(root), "--tracking-uri", dead]) == 1
+    assert "upload to MLflow failed" in capsys.readouterr().err
+    tracking = RunDir.open(root).tracking
+    assert (tracking["uri"], tracking["state"], tracking["error"]) == (None, "ok", None)
+
+
+def test_relative_run_folder_and_tracking_uri(tmp_path, monkeypatch):
+    """A run folder and a SQLite store given relative to the working folder, as a user types
+    them, keep meaning the same places after the working folder changes."""
+    monkeypatch.chdir(tmp_path)
+    run = RunDir.create("runs/../runs/rel", "relative", CONFIG, tracking_uri="sqlite:///store.db")
+    log_method(run, "erm")
+    monkeypatch.chdir(tmp_path / "runs")
+    run.finish(echo=False)
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'store.db'}")
+    assert len(client.search_runs([client.get_experiment_by_name("relative").experiment_id])) == 3
+    assert RunDir.open(tmp_path / "runs" / "rel").tracking["uri"] == f"sqlite:///{tmp_path / 'store.db'}"
