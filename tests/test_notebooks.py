@@ -1,15 +1,17 @@
 """The notebooks in notebooks/ run top to bottom on a real Jupyter kernel.
 
-Each runs once on synthetic data with small sizes (``SENOLAB_QUICK=1``), its outputs
-written under a temporary ``SENOLAB_OUT``; the cohorts notebook also runs on the real
-cohorts when ../shared/data exists. The kernel is this interpreter (a kernelspec written
-to a temporary ``JUPYTER_PATH``), never whatever kernel the user's home happens to hold.
+Each runs as a user runs it: from ``notebooks/`` of a copy of the repository, with its
+default output folder (``../runs/notebooks``, relative) and its default sizes
+(``SENOLAB_QUICK`` unset: small); the cohorts notebook also runs on the real cohorts when
+../shared/data exists. The kernel is this interpreter (a kernelspec written to a
+temporary ``JUPYTER_PATH``), never whatever kernel the user's home happens to hold.
 """
 from __future__ import annotations
 
 import base64
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -70,7 +72,9 @@ def test_notebooks_use_the_public_api_and_read_their_parameters(path):
 
 @pytest.fixture
 def jupyter(tmp_path, monkeypatch):
-    """A kernelspec for this interpreter, and Jupyter/IPython state kept out of the home folder."""
+    """A kernelspec for this interpreter, Jupyter/IPython state kept out of the home folder,
+    and a copy of the notebooks and configs laid out as in the repository; returns the
+    notebooks' default output folder in that copy."""
     spec = tmp_path / "jupyter" / "kernels" / KERNEL
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({
@@ -80,21 +84,25 @@ def jupyter(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     monkeypatch.setenv("SENOLAB_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("SENOLAB_OUT", str(tmp_path / "out"))
-    monkeypatch.setenv("SENOLAB_QUICK", "1")
-    monkeypatch.delenv("SENOLAB_DATA", raising=False)
+    for name in ("SENOLAB_OUT", "SENOLAB_QUICK", "SENOLAB_DATA"):  # the notebooks' own defaults
+        monkeypatch.delenv(name, raising=False)
     # One torch thread in the kernel. The models here are tiny, so a second thread buys
     # little, and when anything else keeps a core busy the two OpenMP threads wait on each
     # other: a U-Net training step measured 0.14 s with one thread and 3.5 s with two on a
     # loaded 2-core machine (0.37 s with OMP_WAIT_POLICY=PASSIVE).
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    return tmp_path / "out"
+    checkout = tmp_path / "checkout"
+    for folder in ("notebooks", "configs"):
+        shutil.copytree(ROOT / folder, checkout / folder)
+    return checkout / "runs" / "notebooks"
 
 
-def execute(path: Path) -> nbformat.NotebookNode:
-    """Run every cell in order, from the notebooks folder as Jupyter would; raise on an error."""
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, kernel_name=KERNEL, timeout=600, resources={"metadata": {"path": str(NOTEBOOKS)}})
+def execute(path: Path, out: Path) -> nbformat.NotebookNode:
+    """Run every cell in order, from the copy's notebooks folder (beside ``out``'s
+    ``runs/``) as Jupyter would; raise on an error."""
+    folder = out.parents[1] / "notebooks"
+    nb = nbformat.read(folder / path.name, as_version=4)
+    client = NotebookClient(nb, kernel_name=KERNEL, timeout=600, resources={"metadata": {"path": str(folder)}})
     client.execute()
     return nb
 
@@ -116,14 +124,14 @@ def check_products(nb: nbformat.NotebookNode, out: Path, name: str) -> None:
 
 @pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
 def test_notebook_runs_on_synthetic_data(path, jupyter):
-    nb = execute(path)
+    nb = execute(path, jupyter)
     check_products(nb, jupyter, path.stem)
 
 
 @pytest.mark.skipif(not DATA.exists(), reason=f"real cohorts not found at {DATA}")
 def test_cohorts_notebook_reads_the_real_cohorts(jupyter, monkeypatch):
     monkeypatch.setenv("SENOLAB_DATA", str(DATA))
-    nb = execute(NOTEBOOKS / "01_cohorts.ipynb")
+    nb = execute(NOTEBOOKS / "01_cohorts.ipynb", jupyter)
     check_products(nb, jupyter, "01_cohorts")
     printed = "\n".join(output["text"] for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs
                         if output.get("name") == "stdout")

@@ -18,13 +18,17 @@ def read_cohort(root: str | Path, strict: bool = False, reader: str | None = Non
     """Read the dataset at ``root``, detecting which one it is from its layout."""
     _import_all()
     root = require_folder(root, "dataset folder")  # a file or a symlink loop is called what it is
-    if reader is not None:
-        return READERS.get(reader).read(root, strict=strict)
-    for name in READERS:
-        entry = READERS.get(name)
-        if entry.detect(root):
-            return entry.read(root, strict=strict)
-    raise CohortError(f"{root}: not a known dataset layout; expected one of: {expected_layouts()}")
+    name = reader or detect_layout(root)
+    if name is None:
+        raise CohortError(f"{root}: not a known dataset layout; expected one of: {expected_layouts()}")
+    return READERS.get(name).read(root, strict=strict)
+
+
+def detect_layout(root: str | Path) -> str | None:
+    """The name of the reader that knows the folder's layout, or None (e.g. to pick the
+    readable datasets out of a folder that holds others too)."""
+    _import_all()
+    return next((name for name in READERS if READERS.get(name).detect(Path(root))), None)
 
 
 def expected_layouts() -> str:
