@@ -1,11 +1,12 @@
 # Two commands on a fresh machine: `make run` (the main job) and `make test` (the suite).
 # Each creates .venv and installs everything on first use; a second call reuses it.
+# `make lab` opens the notebooks in JupyterLab, `make mlflow` the quickstart's MLflow UI.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup clean
+.PHONY: run test setup lab mlflow clean
 
 run: $(STAMP)
 	$(BIN)/senolab run --out runs/quickstart
@@ -16,6 +17,14 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2
 
 setup: $(STAMP)
+
+# JupyterLab on the project's environment (its python3 kernel is .venv's interpreter).
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+# The MLflow UI on the store `make run` writes (http://127.0.0.1:5000).
+mlflow: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/quickstart/mlflow.db
 
 # torch first from the local CPU wheel (an unpinned torch would pull the CUDA build);
 # numpy and the build tools next because pyradiomics builds from source against them.
