@@ -35,6 +35,6 @@ def test_describe_synthetic_default_prints_table_and_figure(tmp_path):
 
 
 def test_describe_wrong_folder_exits_2_naming_layouts(tmp_path):
-    out = senolab("cohorts", "describe", str(tmp_path), "--no-figure")
+    out = senolab("cohorts", "describe", str(tmp_path))
     assert out.returncode == 2
     assert "not a known dataset layout" in out.stderr and "Dataset_BUSI_with_GT" in out.stderr

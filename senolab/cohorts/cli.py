@@ -23,9 +23,6 @@ def register(subparsers) -> None:
     describe.add_argument("--strict", action="store_true", help="stop at the first bad case instead of skipping it")
     describe.add_argument("--figure", type=Path, metavar="PNG",
                           help="also save the class-balance and intensity figure to PNG (none by default)")
-    # The figure used to be drawn unless --no-figure; it is opt-in now, and the old flag
-    # is accepted so that existing scripts keep running.
-    describe.add_argument("--no-figure", action="store_true", help=argparse.SUPPRESS)
     describe.set_defaults(func=run_describe)
 
 

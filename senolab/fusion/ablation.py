@@ -178,8 +178,9 @@ def run_ablation(config: ExperimentConfig, options: AblationOptions, out_dir: st
     from senolab.engine.data import load_cohorts, prepare
 
     began = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from senolab.paths import writable_folder
+
+    out = writable_folder(Path(out_dir).absolute(), "ablation folder")  # before any work
     cohort = load_cohorts(config.data, progress)
     config = _with_radiomics(config, options, cohort, out, progress)
     variants = plan_variants(options)

@@ -50,13 +50,12 @@ def _register_extract(sub) -> None:
 def _register_describe(sub) -> None:
     describe = sub.add_parser(
         "describe",
-        help="features, failures and the features that shift most between sites, with a figure",
+        help="features, failures and the features that shift most between sites (a figure with --figure)",
     )
     describe.add_argument("file", type=Path, metavar="FILE", help="a parquet table from `senolab radiomics extract`")
     describe.add_argument("--top", type=int, default=8, help="how many site-shifting features to list (default: 8)")
-    describe.add_argument("--figure", type=Path, default=None,
-                          help="where to save the PNG (default: next to FILE, FILE's stem + '_describe.png')")
-    describe.add_argument("--no-figure", action="store_true", help="do not draw the figure")
+    describe.add_argument("--figure", type=Path, default=None, metavar="PNG",
+                          help="also save the failures and site-shift figure to PNG (none by default)")
     describe.add_argument("--json", action="store_true", help="print a machine-readable summary instead of text")
     describe.set_defaults(func=run_describe)
 
@@ -122,9 +121,8 @@ def run_describe(args: argparse.Namespace) -> int:
         return 2
     summary = describe_features(table, top=args.top)
     print(json.dumps(summary, indent=1) if args.json else format_description(table, summary))
-    if not args.no_figure:
-        figure = args.figure or args.file.with_name(f"{args.file.stem}_describe.png")
-        path = describe_figure(table, summary, figure)
+    if args.figure is not None:
+        path = describe_figure(table, summary, args.figure)
         if path is not None:
             print(f"figure: {path.resolve()}", file=sys.stderr if args.json else sys.stdout)
     return 0
