@@ -40,18 +40,18 @@ def describe_path(path: str | Path) -> str:
 
 def require_folder(path: str | Path, what: str = "folder") -> Path:
     """``path`` as a Path if it is an existing folder, else an InputError saying what it is."""
-    path = Path(path)
-    found = describe_path(path)
-    if found != "a folder":
-        raise InputError(f"{path}: expected a {what}, found {found}")
-    return path
+    return _require(path, "a folder", what)
 
 
 def require_file(path: str | Path, what: str = "file") -> Path:
     """``path`` as a Path if it is an existing regular file, else an InputError saying what it is."""
+    return _require(path, "a file", what)
+
+
+def _require(path: str | Path, kind: str, what: str) -> Path:
     path = Path(path)
     found = describe_path(path)
-    if found != "a file":
+    if found != kind:
         raise InputError(f"{path}: expected a {what}, found {found}")
     return path
 
