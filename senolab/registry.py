@@ -32,8 +32,17 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            known = ", ".join(sorted(self._entries)) or "none"
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise KeyError(self._unknown(name)) from None
+
+    def check(self, name: str) -> str:
+        """``name`` if it is registered, else a ValueError listing the known names: the
+        error a config validator raises, so a typo is named when the config is read."""
+        if name not in self._entries:
+            raise ValueError(self._unknown(name))
+        return name
+
+    def _unknown(self, name: str) -> str:
+        return f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or 'none'}"
 
     def build(self, name: str, *args, **kwargs):
         """Look ``name`` up and call it with the given arguments."""

@@ -6,13 +6,16 @@ must not silently fall back to a default).
 """
 from __future__ import annotations
 
+import importlib
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from senolab.errors import InputError
+from senolab.paths import require_file
 
 
 class ConfigError(InputError):
@@ -21,6 +24,17 @@ class ConfigError(InputError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def registered_in(module: str, registry: str) -> AfterValidator:
+    """A validator of a component name: it must be in ``module.registry``, so a typo is named
+    when the config is read rather than when the model is built. The registry's module is
+    imported at the first check (it imports torch), which keeps this module light."""
+
+    def check(name: str) -> str:
+        return getattr(importlib.import_module(module), registry).check(name)
+
+    return AfterValidator(check)
 
 
 class SyntheticOptions(Strict):
@@ -102,18 +116,18 @@ class HeadsConfig(Strict):
 
 
 class ModelConfig(Strict):
-    encoder: str = "unet"
+    encoder: Annotated[str, registered_in("senolab.models.encoders", "ENCODERS")] = "unet"
     encoder_options: dict[str, Any] = {}
     checkpoint: str | None = None  # a local encoder checkpoint, never a hub name
     heads: HeadsConfig = HeadsConfig()
-    fusion: str | None = None
+    fusion: Annotated[str, registered_in("senolab.fusion.base", "FUSIONS")] | None = None
     fusion_options: dict[str, Any] = {}
 
 
 class LossConfig(Strict):
     classification: Literal["ce", "focal"] = "ce"
     focal_gamma: float = Field(2.0, ge=0)
-    balancer: str = "uncertainty"
+    balancer: Annotated[str, registered_in("senolab.models.balancers", "BALANCERS")] = "uncertainty"
     balancer_options: dict[str, Any] = {}
 
 
@@ -150,18 +164,69 @@ class ExperimentConfig(Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping. Plain YAML loaders keep
+    the last one silently, so a config setting ``epochs`` twice would run with whichever
+    came second; the YAML spec itself requires keys to be unique."""
+
+    def construct_mapping(self, node, deep=False):
+        first_lines: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` then overriding one of them is what merge keys are for
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader's own construct_mapping refuses it with its error
+            if key in first_lines:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"key {key!r} appears twice in one mapping (first on line {first_lines[key]})",
+                    problem_mark=key_node.start_mark)
+            first_lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: str | Path) -> dict:
-    """A YAML file's top-level mapping, or a ConfigError naming the file and the problem."""
-    path = Path(path)
+    """A YAML file's top-level mapping, or one line naming the file and the problem: not a
+    file, not text, not YAML (with its line), a key given twice, empty, not a mapping."""
+    path = require_file(path, "config file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
+        raw = yaml.load(_config_text(path), Loader=UniqueKeyLoader)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        raise ConfigError(f"{path}: not valid YAML, {_yaml_problem(err)}") from None
+    if raw is None:
+        # an empty config would silently run everything with defaults
+        raise ConfigError(f"{path}: the config has no settings (the file is empty or only comments)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     return raw
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """The parser's complaint in one line: where and what, without its quoted source lines."""
+    mark = getattr(err, "problem_mark", None)
+    if mark is None:
+        return " ".join(str(err).split())
+    context = f" ({err.context})" if err.context else ""
+    return f"line {mark.line + 1}, column {mark.column + 1}: {err.problem}{context}"
+
+
+def _config_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: the config cannot be read ({err.strerror or err})") from None
+    if not _is_text(data):
+        raise ConfigError(f"{path}: not a text file; a config is YAML text (is this a checkpoint, image or archive?)")
+    return data.decode("utf-8")
+
+
+def _is_text(data: bytes) -> bool:
+    """UTF-8 without NUL bytes: a binary file (a checkpoint, an image) fails one or the other."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in data
 
 
 def validate(model: type[BaseModel], raw: dict, source: str):
