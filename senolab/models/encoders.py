@@ -15,6 +15,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from senolab.engine.checkpoint import load_checkpoint
+from senolab.errors import InputError
 from senolab.registry import Registry
 
 ENCODERS: Registry = Registry("encoder")
@@ -102,13 +104,12 @@ def load_encoder_checkpoint(encoder: Encoder, path: str | Path) -> Encoder:
     The file holds either the encoder's own ``state_dict`` or a whole model's (keys
     ``encoder.*``, optionally under a ``"model"`` key, as the training engine saves it),
     so a model trained on one task can initialise the encoder of another. Decoder weights
-    are skipped when this encoder was built without a decoder; any other mismatch is an
-    error that names the file and the keys.
+    are skipped when this encoder was built without a decoder. A missing file is a
+    FileNotFoundError; a file torch refuses, or one that does not fit this encoder, is an
+    InputError that names the file (and the keys).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"encoder checkpoint {path} does not exist")
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    loaded = load_checkpoint(path)
     state = _encoder_state(loaded, path)
     if not encoder.has_decoder:
         state = {k: v for k, v in state.items() if not k.startswith("decoder.")}
@@ -119,10 +120,10 @@ def load_encoder_checkpoint(encoder: Encoder, path: str | Path) -> Encoder:
 
 def _encoder_state(loaded: object, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(loaded, Mapping):
-        raise ValueError(f"encoder checkpoint {path}: expected a state_dict (a mapping), got {type(loaded).__name__}")
+        raise InputError(f"encoder checkpoint {path}: expected a state_dict (a mapping), got {type(loaded).__name__}")
     state = loaded.get("model", loaded)
     if not isinstance(state, Mapping):
-        raise ValueError(f"encoder checkpoint {path}: 'model' should be a state_dict, got {type(state).__name__}")
+        raise InputError(f"encoder checkpoint {path}: 'model' should be a state_dict, got {type(state).__name__}")
     prefix = "encoder."
     if any(k.startswith(prefix) for k in state):
         return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -136,7 +137,7 @@ def _check_fit(encoder: Encoder, state: Mapping[str, torch.Tensor], path: Path) 
     resized = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
                if k in state and state[k].shape != v.shape]
     if missing or unexpected or resized:
-        raise ValueError(
+        raise InputError(
             f"encoder checkpoint {path} does not fit this {type(encoder).__name__}: "
             f"missing keys {_first(missing)}, unexpected keys {_first(unexpected)}, "
             f"shape mismatches (file vs encoder) {_first(resized)}"
