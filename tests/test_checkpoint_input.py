@@ -81,3 +81,14 @@ def test_train_refuses_a_config_pointing_at_a_refused_encoder_checkpoint(tmp_pat
     assert "pickles_a_call.pt: refused" in errors[0]
     assert "Traceback" not in result.stderr and "weights_only" not in result.stderr
     assert not (tmp_path / "touched").exists()
+
+
+def test_train_names_a_missing_encoder_checkpoint_in_one_line(tmp_path):
+    (tmp_path / "config.yaml").write_text(
+        "data:\n  synthetic: {n_sites: 2, images_per_site: 30, image_size: 64}\n  image_size: 32\n"
+        "model:\n  checkpoint: weights/encoder.pt\ntrain:\n  epochs: 1\nevaluation:\n  bootstrap: 0\n")
+    result = subprocess.run([sys.executable, "-m", "senolab.cli", "train", "config.yaml", "--out", "out", "--quiet"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "error: weights/encoder.pt: no checkpoint here" and "Traceback" not in result.stderr

@@ -16,6 +16,10 @@ from senolab.errors import InputError
 from senolab.paths import require_file
 
 
+class CheckpointMissing(InputError, FileNotFoundError):
+    """No file where a checkpoint was expected (a config's ``model.checkpoint``, a run's ``best.pt``)."""
+
+
 def save_checkpoint(path: str | Path, **state) -> Path:
     """Write atomically: a run killed while saving keeps its previous checkpoint."""
     path = Path(path)
@@ -29,13 +33,13 @@ def save_checkpoint(path: str | Path, **state) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
     """The tensors and plain data in the checkpoint at ``path``.
 
-    A missing file is a FileNotFoundError; anything else that is not such a checkpoint (a
-    folder, an empty or damaged file, one that pickles other objects) is an InputError of
-    one line naming the path.
+    A missing file is a :class:`CheckpointMissing` (a FileNotFoundError and an InputError);
+    anything else that is not such a checkpoint (a folder, an empty or damaged file, one
+    that pickles other objects) is an InputError. Either is one line naming the path.
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no checkpoint here")
+        raise CheckpointMissing(f"{path}: no checkpoint here")
     require_file(path, "checkpoint file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the checkpoint file is empty")
