@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,14 @@ def real_cohorts():
     from senolab.cohorts.readers import read_cohort
 
     return {name: read_cohort(DATA / name) for name in ("busi", "busbra", "breast")}
+
+
+def make_command(root: Path, target: str) -> list[str]:
+    """The command line `make TARGET` runs in ``root`` (the README's commands are make
+    targets), without letting make rebuild the environment. Also under `make test`,
+    whose MAKEFLAGS would otherwise add "Entering directory" lines."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    printed = subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.installed", target], cwd=root,
+                             env=env, capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    assert len(printed) == 1, printed
+    return shlex.split(printed[0])

@@ -10,7 +10,6 @@ a smoke run of the same code path.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, make_command
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +35,6 @@ def fresh_copy(tmp_path: Path) -> Path:
             shutil.copy2(REPO / name, target)
     (root / ".venv").symlink_to(Path(sys.prefix))
     return root
-
-
-def make_command(root: Path, target: str) -> list[str]:
-    """The command `make TARGET` runs, without letting make rebuild the environment."""
-    printed = subprocess.run(["make", "-n", "-o", ".venv/.installed", target], cwd=root, capture_output=True,
-                             text=True, check=True).stdout.strip().splitlines()
-    assert len(printed) == 1, printed
-    return shlex.split(printed[0])
 
 
 def run(command: list[str], root: Path, **env: str) -> subprocess.CompletedProcess:

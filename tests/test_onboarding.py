@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -16,23 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, make_command
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def make_command(target: str) -> list[str]:
-    printed = subprocess.run(["make", "-n", "-o", ".venv/.installed", target], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout.strip().splitlines()
-    assert len(printed) == 1, printed
-    command = shlex.split(printed[0])
-    # .venv/bin/... of this checkout is this interpreter's environment
-    command[0] = str(Path(sys.prefix) / "bin" / Path(command[0]).name)
-    return command
 
 
 def get(url: str, token: str):
@@ -44,7 +33,9 @@ def get(url: str, token: str):
 @pytest.mark.slow
 def test_make_lab_serves_the_notebooks_with_widgets(tmp_path):
     port, token = free_port(), "senolab-test"
-    command = make_command("lab") + ["--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+    command = make_command(REPO, "lab")
+    command[0] = str(Path(sys.prefix) / "bin" / Path(command[0]).name)  # this checkout's .venv
+    command += ["--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
                                      f"--IdentityProvider.token={token}"]
     if os.geteuid() == 0:  # CI and this sandbox run as root, which Jupyter refuses unless told
         command.append("--allow-root")
