@@ -12,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from senolab.engine.study import load_study_config, run_study
+from senolab.runners.study import load_study_config, run_study
 
 REPO = Path(__file__).resolve().parents[1]
 

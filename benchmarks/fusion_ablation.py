@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from senolab.fusion.ablation import load_ablation, run_ablation
+from senolab.runners.ablation import load_ablation, run_ablation
 
 REPO = Path(__file__).resolve().parents[1]
 

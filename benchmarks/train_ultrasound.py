@@ -38,10 +38,10 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_speed import count_params, flops_per_image, inference_ms  # noqa: E402
 
-from senolab.engine.checkpoint import load_checkpoint  # noqa: E402
+from senolab.checkpoint import load_checkpoint  # noqa: E402
 from senolab.engine.config import load_config  # noqa: E402
 from senolab.engine.data import prepare  # noqa: E402
-from senolab.engine.experiment import train_and_evaluate  # noqa: E402
+from senolab.runners.experiment import train_and_evaluate  # noqa: E402
 from senolab.engine.trainer import model_from_config  # noqa: E402
 from senolab.models import multitask_losses  # noqa: E402
 

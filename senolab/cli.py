@@ -10,8 +10,7 @@ from senolab import __version__
 # One line per sub-package that has commands; each module exposes register(subparsers).
 COMMAND_MODULES = [
     "senolab.cohorts.cli",
-    "senolab.engine.cli",
-    "senolab.fusion.cli",
+    "senolab.runners.cli",
     "senolab.radiomics.cli",
     "senolab.tracking.cli",
 ]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from senolab.engine.checkpoint import load_checkpoint, save_checkpoint
+from senolab.checkpoint import load_checkpoint, save_checkpoint
 from senolab.errors import InputError
 from senolab.models import build_encoder
 

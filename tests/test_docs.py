@@ -49,9 +49,9 @@ def test_readme_command_parses(line, capsys):
 
 def _loader(path: Path):
     from senolab.engine.config import load_config
-    from senolab.engine.main_job import load_run_config
-    from senolab.engine.study import load_study_config
-    from senolab.fusion.ablation import load_ablation
+    from senolab.runners.main_job import load_run_config
+    from senolab.runners.study import load_study_config
+    from senolab.runners.ablation import load_ablation
 
     loaders = {"train": load_config, "study": load_study_config, "fusion": load_ablation, "run": load_run_config}
     return loaders[path.stem.split("_")[0]]

@@ -9,7 +9,7 @@ import torch
 
 from senolab.engine.config import ConfigError, load_config, parse_config
 from senolab.engine.data import prepare
-from senolab.engine.experiment import train_and_evaluate
+from senolab.runners.experiment import train_and_evaluate
 from senolab.engine.trainer import Trainer
 
 TINY = {

@@ -11,7 +11,7 @@ one thread (68 s wall on a shared machine).
 from __future__ import annotations
 
 from senolab.engine.config import parse_config
-from senolab.engine.experiment import train_and_evaluate
+from senolab.runners.experiment import train_and_evaluate
 
 LEARNS = {
     "name": "learns",

@@ -343,7 +343,7 @@ def test_figure_helpers_leave_the_matplotlib_backend_alone(tmp_path):
 import matplotlib, pandas as pd
 matplotlib.use("pdf")
 from senolab.explain.figures import tabular_bar_chart
-from senolab.fusion.ablation import plot_ablation
+from senolab.runners.ablation import plot_ablation
 tabular_bar_chart(pd.DataFrame({{"age": [0.3], "margin": [0.1]}}, index=["breast"]), {str(tmp_path / "bars.png")!r})
 table = pd.DataFrame({{"fusion": ["image_only", "concat"], "method": ["image_only", "concat+metadata"],
                       "auc": [0.7, 0.8], "auc_lo": [0.6, 0.7], "auc_hi": [0.8, 0.9]}})

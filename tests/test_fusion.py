@@ -419,7 +419,7 @@ def test_fusion_ablate_command_writes_one_row_per_variant_and_prints_an_outcome_
 
 def test_ablation_config_errors_name_the_key(tmp_path):
     from senolab.engine.config import ConfigError
-    from senolab.fusion.ablation import load_ablation
+    from senolab.runners.ablation import load_ablation
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(TINY_ABLATION.replace("{graph: {dim: 8,", "{graph: {dimension: 8,"))

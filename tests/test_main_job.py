@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 
-from senolab.engine.main_job import ExplainStep, quickstart_config, run_main
+from senolab.runners.main_job import ExplainStep, quickstart_config, run_main
 
 
 def reduced_quickstart():

@@ -52,7 +52,7 @@ def mlflow_runs(uri: str):
 
 
 def quick_config(monkeypatch) -> dict:
-    from senolab.engine.main_job import quickstart_config
+    from senolab.runners.main_job import quickstart_config
 
     monkeypatch.setenv("SENOLAB_QUICK", "1")
     return quickstart_config().model_dump()

@@ -10,7 +10,7 @@ import yaml
 from senolab.cli import main
 from senolab.cohorts.synthetic import DESIGNED_SITES, SyntheticConfig, generate
 from senolab.engine.config import ConfigError
-from senolab.engine.study import load_study_config, run_study
+from senolab.runners.study import load_study_config, run_study
 
 TINY_STUDY = {
     "name": "tiny_study",

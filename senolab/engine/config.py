@@ -240,15 +240,15 @@ def validate(model: type[BaseModel], raw: dict, source: str):
 
 def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
     """Read and validate a YAML config; ``overrides`` are merged in (nested dicts)."""
-    return parse_config(_merge(read_yaml_mapping(path), overrides or {}), source=str(path))
+    return parse_config(merge_overrides(read_yaml_mapping(path), overrides or {}), source=str(path))
 
 
 def parse_config(raw: dict, source: str = "config") -> ExperimentConfig:
     return validate(ExperimentConfig, raw, source)
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_overrides(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge_overrides(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from senolab.adaptation import METHODS, AdaptationMethod
-from senolab.engine.checkpoint import load_checkpoint, save_checkpoint
+from senolab.checkpoint import load_checkpoint, save_checkpoint
 from senolab.engine.config import ExperimentConfig
 from senolab.engine.data import PreparedData
 from senolab.engine.predict import predict, validation_score

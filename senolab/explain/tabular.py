@@ -23,8 +23,8 @@ from torch import nn
 
 from senolab._optional import require
 from senolab.explain.forward import captum_call, evaluation_mode, resolve_target
-# The fusion's own rule, so explanation groups match the model's radiomics class tokens.
-from senolab.fusion.tabular import feature_class
+# The rule the fusion's radiomics class tokens use too, so explanation groups match them.
+from senolab.radiomics.table import feature_class
 
 # What a model sees when a tabular value is absent (DESIGN.md batch contract).
 ABSENT: dict[str, float] = {"meta_num": 0.0, "meta_num_missing": 1.0, "meta_cat": 0.0, "radiomics": 0.0}

@@ -1,4 +1,5 @@
-"""Fusion of images with clinical metadata and radiomics, and the fusion ablation study.
+"""Fusion of images with clinical metadata and radiomics (the ablation study that compares
+them is a runner: :mod:`senolab.runners.ablation`).
 
 Registry :data:`FUSIONS`: ``image_only``, ``tabular_only``, ``concat``, ``decision``,
 ``cross_attention``, ``graph`` (torch-geometric, imported when a graph is built). Build one

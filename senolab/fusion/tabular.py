@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from senolab.cohorts.tabular import FieldSpec
+from senolab.radiomics.table import feature_class
 from senolab.registry import Registry
 
 RADIOMICS_TOKENISERS: Registry = Registry("radiomics tokeniser")
@@ -170,14 +171,6 @@ class MetadataTokeniser(nn.Module):
         missing = codes == 0
         index = self.cat_offsets + (codes - 1).clamp_min(0)
         return self.level_embedding(index), missing
-
-
-def feature_class(name: str) -> str:
-    """The pyradiomics feature class of a column name: ``original_glcm_Contrast`` -> ``glcm``."""
-    parts = name.split("_")
-    if len(parts) < 3:
-        raise ValueError(f"radiomics column {name!r}: expected pyradiomics naming '<image type>_<class>_<feature>'")
-    return parts[1]
 
 
 def radiomics_present(values: torch.Tensor) -> torch.Tensor:

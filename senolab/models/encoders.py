@@ -15,7 +15,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from senolab.engine.checkpoint import load_checkpoint
+from senolab.checkpoint import load_checkpoint
 from senolab.errors import InputError
 from senolab.registry import Registry
 

@@ -121,6 +121,14 @@ def feature_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c not in ID_COLUMNS]
 
 
+def feature_class(name: str) -> str:
+    """The pyradiomics feature class of a column name: ``original_glcm_Contrast`` -> ``glcm``."""
+    parts = name.split("_")
+    if len(parts) < 3:
+        raise ValueError(f"radiomics column {name!r}: expected pyradiomics naming '<image type>_<class>_<feature>'")
+    return parts[1]
+
+
 def ok_features(table: pd.DataFrame) -> pd.DataFrame:
     """The features of the ``ok`` rows, indexed by (case_id, lesion_index)."""
     ok = table[table["status"] == OK]

@@ -43,7 +43,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from senolab.engine.checkpoint import save_checkpoint
+from senolab.checkpoint import save_checkpoint
 from senolab.evaluation.report import json_safe
 from senolab.tracking.mirror import MlflowMirror, PushCounts, normalise_tracking_uri, ui_command
 from senolab.tracking.provenance import git_commit

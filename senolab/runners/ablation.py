@@ -57,7 +57,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from senolab.engine.config import ConfigError, ExperimentConfig, _merge, parse_config, read_yaml_mapping, validate
+from senolab.engine.config import ConfigError, ExperimentConfig, merge_overrides, parse_config, read_yaml_mapping, validate
 from senolab.fusion.base import FUSIONS, fusion_options
 
 SECTION = "ablation"
@@ -96,8 +96,8 @@ class AblationOptions(BaseModel):
 
     def finetuning(self, config: ExperimentConfig, encoder_checkpoint: Path) -> ExperimentConfig:
         """Stage 2: the base config with the ``finetune`` overrides, starting from the stage-1 encoder."""
-        overrides = _merge(self.finetune or {}, {"model": {"checkpoint": str(encoder_checkpoint)}})
-        return parse_config(_merge(config.model_dump(), overrides), source=f"{SECTION}.finetune")
+        overrides = merge_overrides(self.finetune or {}, {"model": {"checkpoint": str(encoder_checkpoint)}})
+        return parse_config(merge_overrides(config.model_dump(), overrides), source=f"{SECTION}.finetune")
 
     @property
     def uses_radiomics(self) -> bool:
@@ -153,7 +153,7 @@ def load_ablation(path: str | Path) -> tuple[ExperimentConfig, AblationOptions]:
     raw = read_yaml_mapping(path)
     section = raw.pop(SECTION, None)
     if section is None:
-        raise ConfigError(f"{path}: no '{SECTION}' section; an ablation config needs one (see senolab.fusion.ablation)")
+        raise ConfigError(f"{path}: no '{SECTION}' section; an ablation config needs one (see senolab.runners.ablation)")
     options = validate(AblationOptions, section, f"{path}: {SECTION}")
     config = parse_config(raw, source=str(path))
     if options.finetune is not None:

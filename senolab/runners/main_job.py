@@ -24,7 +24,7 @@ from pydantic import field_validator
 
 from senolab.engine.config import (ConfigError, DataConfig, EvaluationConfig, ExperimentConfig, HeadsConfig,
                                    ModelConfig, Strict, SyntheticOptions, TrainConfig, read_yaml_mapping, validate)
-from senolab.engine.study import (MethodSpec, PairSpec, StudyConfig, method_names_as_specs, pair_data, run_study,
+from senolab.runners.study import (MethodSpec, PairSpec, StudyConfig, method_names_as_specs, pair_data, run_study,
                                   study_pairs)
 
 
@@ -127,7 +127,7 @@ def run_main(config: RunConfig, out_dir: str | Path, progress: bool = True) -> d
                                   lambda: _per_method(study, config.explain, cohort, run, out, progress))
     report["tracking"] = run.finish(echo=False)
     report["timings"] = steps.seconds
-    from senolab.engine.report import write_report
+    from senolab.runners.report import write_report
 
     write_report(report, out)
     return report
@@ -213,7 +213,7 @@ def _one_method(study: StudyConfig, explain: ExplainStep, data, pair: PairSpec, 
 def _trained_model(study: StudyConfig, data, run_dir: Path, spec: MethodSpec):
     """The selected checkpoint of a study run, adapted to the target as the study predicted it."""
     from senolab.adaptation import METHODS
-    from senolab.engine.checkpoint import load_checkpoint
+    from senolab.checkpoint import load_checkpoint
     from senolab.engine.trainer import model_from_config
 
     model = model_from_config(study.base, data)

@@ -56,7 +56,7 @@ def evaluate_run(run_dir: str | Path, root: str | Path, out_dir: str | Path, pro
     import torch
 
     from senolab.engine.config import load_config
-    from senolab.engine.checkpoint import load_checkpoint
+    from senolab.checkpoint import load_checkpoint
 
     run_dir, out = require_folder(run_dir, "training run folder"), Path(out_dir)
     for name in ("config.yaml", "preprocessing.json", "best.pt"):

@@ -1,4 +1,6 @@
-"""`senolab train CONFIG --out DIR` and `senolab evaluate RUN_DIR --on ROOT`."""
+"""The runners' commands: `senolab train`, `evaluate`, `study`, `run` and `fusion ablate`.
+
+Each handler imports its runner only when called, so `senolab --help` stays light."""
 from __future__ import annotations
 
 import argparse
@@ -43,9 +45,22 @@ def register(subparsers) -> None:
     run.add_argument("--quiet", action="store_true")
     run.set_defaults(func=run_main_command)
 
+    fusion = subparsers.add_parser("fusion", help="multimodal fusion studies",
+                                   description="Fusion of images with clinical metadata and radiomics.")
+    commands = fusion.add_subparsers(dest="fusion_command", metavar="COMMAND", required=True)
+    ablate = commands.add_parser(
+        "ablate", help="image only vs + metadata / + radiomics / + both, for each fusion",
+        description="Patient-level k-fold ablation of fusion modules and tabular inputs: AUC with bootstrap "
+                    "CIs and DeLong p-values against image only. Writes results.csv, ablation.md, "
+                    "ablation_auc.png and summary.json to --out.")
+    ablate.add_argument("config", type=Path, help="ablation YAML: an experiment config with an 'ablation' section")
+    ablate.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<config name>)")
+    ablate.add_argument("--quiet", action="store_true", help="no progress bars")
+    ablate.set_defaults(func=run_ablate)
+
 
 def run_main_command(args: argparse.Namespace) -> int:
-    from senolab.engine.main_job import load_run_config, run_main
+    from senolab.runners.main_job import load_run_config, run_main
 
     config = load_run_config(args.config)
     if args.tracking_uri:
@@ -69,7 +84,7 @@ def _run_summary(report: dict, out: Path) -> str:
 
 
 def run_study_command(args: argparse.Namespace) -> int:
-    from senolab.engine.study import load_study_config, run_study
+    from senolab.runners.study import load_study_config, run_study
 
     config = load_study_config(args.config)
     out = args.out or Path("runs") / config.name
@@ -81,7 +96,7 @@ def run_study_command(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from senolab.engine.config import load_config
-    from senolab.engine.experiment import train_and_evaluate
+    from senolab.runners.experiment import train_and_evaluate
 
     config = load_config(args.config)
     out = args.out or Path("runs") / config.name
@@ -92,7 +107,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from senolab.engine.experiment import evaluate_run
+    from senolab.runners.experiment import evaluate_run
 
     out = args.out or args.run_dir / f"eval_{args.root.name}"
     summary = evaluate_run(args.run_dir, args.root, out, progress=not args.quiet)
@@ -112,3 +127,14 @@ def _print_aggregates(summary: dict) -> None:
             )
             print(f"{method} @ {site}: {shown}")
     sys.stdout.flush()
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from senolab.runners.ablation import load_ablation, run_ablation
+
+    config, options = load_ablation(args.config)
+    out = args.out or Path("runs") / config.name
+    result = run_ablation(config, options, out, progress=not args.quiet)
+    print(result.markdown)
+    print(f"wall time {result.seconds:.0f} s; results written to {out.resolve()}")
+    return 0
