@@ -207,7 +207,7 @@ def _one_method(study: StudyConfig, explain: ExplainStep, data, pair: PairSpec, 
         run.log_method(method, evaluation.aggregates[method], target, transductive=transductive, files=files,
                        target=pair.target, seed=seed)
     return {"method": method, "target": pair.target, "seed": seed, "transductive": transductive,
-            "pointing_game": explained["pointing_game"], "figures": [str(f) for f in files]}
+            "folder": str(run_dir), "pointing_game": explained["pointing_game"], "figures": [str(f) for f in files]}
 
 
 def _trained_model(study: StudyConfig, data, run_dir: Path, spec: MethodSpec):
