@@ -1,4 +1,4 @@
-"""The torch Dataset: cohort rows to the batch dict of DESIGN.md.
+"""The torch Dataset: cohort rows to batch dicts (:class:`Batch`, docs/contracts.md#batch).
 
 Images are letterboxed to ``size`` x ``size`` (resized keeping the aspect ratio, then
 padded with zeros) so lesion shape is not distorted, and scaled to [0, 1]. Training-time
@@ -9,6 +9,7 @@ whatever the number of DataLoader workers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,30 @@ from senolab.cohorts.schema import LABELS, Cohort
 from senolab.cohorts.tabular import MetadataEncoder
 
 BINARY = ("benign", "malignant")
+
+
+class Batch(TypedDict):
+    """The batch dict every model, loss, adaptation method and explainer reads.
+
+    Shapes are those of a collated batch (PyTorch's default collate of
+    :meth:`CohortDataset.__getitem__` items, which have the same keys without the leading
+    ``B``); ``H = W =`` the dataset's ``size``. The contract, with what each value means,
+    is docs/contracts.md#batch; tests/test_contracts.py checks these keys against a real batch.
+    """
+
+    case_id: list[str]  # (B,) case ids; one item holds a str
+    image: torch.Tensor  # (B, 1, H, W) float32 in [0, 1], letterboxed (zero padding)
+    mask: torch.Tensor  # (B, 1, H, W) float32 {0, 1}: union of the lesion masks
+    has_mask: torch.Tensor  # (B,) bool, always True (an image without lesion has an empty mask)
+    label: torch.Tensor  # (B,) int64 index into the task's classes; 0 where has_label is False
+    has_label: torch.Tensor  # (B,) bool: False for unlabelled cohorts and labels outside the classes
+    bbox: torch.Tensor  # (B, 4) float32 normalised xyxy around all lesion pixels; zeros if none
+    has_bbox: torch.Tensor  # (B,) bool: the mask has lesion pixels
+    site: torch.Tensor  # (B,) int64 index into the dataset's site vocabulary; -1 if not in it
+    meta_num: torch.Tensor  # (B, Fn) float32 encoded numeric/ordinal/multi metadata; 0 where missing
+    meta_num_missing: torch.Tensor  # (B, Fn) bool, True where the value is missing
+    meta_cat: torch.Tensor  # (B, Fc) int64 categorical codes 1..L, 0 for missing or unseen
+    radiomics: torch.Tensor  # (B, R) float32 standardised features (R = 0 without radiomics)
 
 
 @dataclass
@@ -123,7 +148,8 @@ class CohortDataset(Dataset):
         """Changes the augmentation draw; call it at the start of each epoch."""
         self.epoch = epoch
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> Batch:
+        """One case as a :class:`Batch` item (no leading batch dimension)."""
         row = self.table.iloc[index]
         boxed = self._letterboxed(index, row)
         image, mask = torch.from_numpy(boxed.image)[None], torch.from_numpy(boxed.mask)[None]
@@ -143,7 +169,7 @@ class CohortDataset(Dataset):
             "has_bbox": torch.tensor(has_bbox),
             "site": torch.tensor(self.sites.index(row["site"]) if row["site"] in self.sites else -1),
         }
-        out.update(self._tabular_item(index))
+        out.update(self._tabular_item(index))  # meta_num, meta_num_missing, meta_cat, radiomics
         return out
 
     def _letterboxed(self, index: int, row: pd.Series) -> Letterboxed:
