@@ -115,3 +115,38 @@ def plot_reliability(
     bottom.bar(centres, pooled["count"], width=width, edgecolor="black", color="0.6")
     bottom.set(xlabel="confidence", ylabel="cases", xlim=(0, 1))
     return _save(fig, path)
+
+
+# Panels of a training history: the column prefix each panel draws, and its axis label.
+HISTORY_PANELS = (("loss_", "training loss"), ("val_", "validation metric"), ("weight_", "task weight"))
+# Human names of the heads' and methods' history columns; others are shown as they are.
+TASK_NAMES = {"cls": "classification", "seg": "segmentation", "box": "box", "auc": "AUC", "dice": "Dice",
+              "score": "mean of AUC and Dice"}
+
+
+def plot_training_curves(history: pd.DataFrame, path: str | Path, *, title: str = "",
+                         selected_epoch: int | None = None) -> Path:
+    """Per epoch: the training loss of each task, the validation metrics and the task weights
+    of a run's ``history.csv`` (one panel each, for the columns present).
+
+    Epochs are drawn counting from 1; ``selected_epoch`` (0-based, as ``history.csv`` and
+    ``best_epoch`` count) is marked in every panel.
+    """
+    panels = [(prefix, label) for prefix, label in HISTORY_PANELS if any(c.startswith(prefix) for c in history)]
+    if history.empty or not panels:
+        raise ValueError("plot_training_curves: the history holds no epoch or no loss/val_/weight_ column")
+    epochs = history["epoch"].to_numpy() + 1
+    fig = Figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
+    for ax, (prefix, label) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        for column in [c for c in history if c.startswith(prefix)]:
+            name = column.removeprefix(prefix)
+            # markers: a one-epoch run still shows its single point
+            ax.plot(epochs, history[column], marker="o", ms=3, lw=1.2, label=TASK_NAMES.get(name, name))
+        if selected_epoch is not None:
+            ax.axvline(selected_epoch + 1, color="0.5", ls=":", lw=1, label="selected epoch")
+        ax.set(xlabel="epoch", ylabel=label)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
