@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from senolab.cohorts.dataset import BINARY, CohortDataset
 from senolab.cohorts.dedup import mark_duplicates
-from senolab.cohorts.readers import read_cohort
+from senolab.cohorts.readers import open_cohort
 from senolab.cohorts.schema import LABELS, Cohort, combine
 from senolab.cohorts.splits import check_leakage, holdout, patient_kfold
 from senolab.cohorts.tabular import MetadataEncoder
@@ -27,13 +27,20 @@ CLASSES = {"binary": BINARY, "three": LABELS}
 
 
 def load_cohorts(config: DataConfig, progress: bool = True) -> Cohort:
-    """Read every configured cohort (or generate the synthetic one) into one table."""
-    cohorts = [_load_one(name, config) for name in config.cohorts]
+    """Read every configured cohort (dataset folders, or sources made in memory such as
+    ``synthetic``) into one table."""
+    options = _source_options(config)
+    cohorts = [open_cohort(entry, options, strict=config.strict) for entry in config.cohorts]
     cohort = cohorts[0] if len(cohorts) == 1 else combine(cohorts)
     say_skipped(cohort)
     if config.deduplicate:
         mark_duplicates(cohort, progress=progress)
     return cohort
+
+
+def _source_options(config: DataConfig) -> dict:
+    """Each in-memory cohort source's options, from its section of the data config."""
+    return {"synthetic": config.synthetic.build()}
 
 
 SKIPPED_SHOWN = 5  # problems printed in full; every one is in summary.json
@@ -53,14 +60,6 @@ def say_skipped(cohort: Cohort) -> None:
 def skipped_records(cohort: Cohort) -> list[dict]:
     """The reading problems as summary.json lists them: cohort, file, reason."""
     return [{"cohort": p.cohort, "file": p.file, "reason": p.reason} for p in cohort.problems]
-
-
-def _load_one(name: str, config: DataConfig) -> Cohort:
-    if name == "synthetic":
-        from senolab.cohorts.synthetic import generate
-
-        return generate(config.synthetic.build())
-    return read_cohort(name, strict=config.strict)
 
 
 def assign_parts(table: pd.DataFrame, split: SplitConfig, cohort: Cohort | None = None) -> pd.Series:

@@ -1,17 +1,32 @@
-"""Readers of real datasets in their official release layouts, one module each.
+"""Cohort sources: readers of datasets in their release layouts, one module each, and
+cohorts made in memory (the synthetic generator).
 
 Each reader registers an object with ``name``, ``layout`` (a sentence naming the files it
 expects, used in errors), ``detect(root) -> bool`` and ``read(root, strict) -> Cohort``.
+Each in-memory source registers a function ``(options) -> Cohort``. A config's cohort
+entry is either a source's name or a dataset folder; :func:`open_cohort` tells them apart.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 from senolab.cohorts.schema import Cohort, CohortError
 from senolab.paths import require_folder
 from senolab.registry import Registry
 
 READERS: Registry = Registry("cohort reader")
+SOURCES: Registry = Registry("cohort source")
+
+
+def open_cohort(entry: str, options: Mapping[str, Any], strict: bool = False) -> Cohort:
+    """The cohort a config entry names: a source's name makes it in memory from
+    ``options[name]`` (its config section, e.g. a ``SyntheticConfig`` for ``synthetic``);
+    anything else is a dataset folder, read by :func:`read_cohort`."""
+    _import_all()
+    if entry in SOURCES:
+        return SOURCES.build(entry, options[entry])
+    return read_cohort(entry, strict=strict)
 
 
 def read_cohort(root: str | Path, strict: bool = False, reader: str | None = None) -> Cohort:
@@ -38,5 +53,5 @@ def expected_layouts() -> str:
 
 
 def _import_all() -> None:
-    # Importing the modules registers the readers.
+    # Importing the modules registers the readers and sources.
     from senolab.cohorts.readers import breast, busbra, busi, synthetic  # noqa: F401

@@ -1,4 +1,6 @@
-"""A synthetic cohort written by :func:`senolab.cohorts.synthetic.write`, read back.
+"""The synthetic cohort as a source: made in memory by :func:`senolab.cohorts.synthetic.generate`
+(source ``synthetic``, options a ``SyntheticConfig``), or written by
+:func:`senolab.cohorts.synthetic.write` and read back (reader ``synthetic``).
 
 Layout: ``senolab_synthetic.json`` (the generating config), ``metadata.csv`` (one row per
 image) and ``<site>/Dataset_BUSI_with_GT/<label>/<name>.png`` with ``<name>_mask[_k].png``.
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from senolab.cohorts.readers import READERS
+from senolab.cohorts.readers import READERS, SOURCES
 from senolab.cohorts.readers.base import CaseFiles, ProblemLog, TableRow, load_cases, read_text_table, table_rows
 from senolab.cohorts.schema import Cohort, CohortError
 from senolab.cohorts.synthetic import (
@@ -24,6 +26,7 @@ from senolab.cohorts.synthetic import (
     METADATA_COLUMNS,
     METADATA_FILE,
     MULTI_SEPARATOR,
+    generate,
     metadata_columns,
     parse_cell,
     read_config,
@@ -103,3 +106,4 @@ def _report_files_without_rows(root: Path, records: pd.DataFrame, log: ProblemLo
 
 
 READERS.register(COHORT)(SyntheticReader())
+SOURCES.register(COHORT)(generate)
