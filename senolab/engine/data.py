@@ -21,6 +21,7 @@ from senolab.cohorts.schema import LABELS, Cohort, combine
 from senolab.cohorts.splits import check_leakage, holdout, patient_kfold
 from senolab.cohorts.tabular import MetadataEncoder
 from senolab.engine.config import DataConfig, SplitConfig
+from senolab.registry import Registry
 
 PARTS = ("train", "val", "test")
 CLASSES = {"binary": BINARY, "three": LABELS}
@@ -96,31 +97,53 @@ def _duplicates_of_test(table: pd.DataFrame, test: np.ndarray) -> list[str]:
     return case_ids
 
 
+# Split kinds: name -> function(table, split, cohort) -> boolean test mask over the table's
+# rows. SplitConfig.kind lists the same names; tests/test_registries.py keeps them equal.
+SPLITS: Registry = Registry("split kind")
+
+
 def _test_mask(table: pd.DataFrame, split: SplitConfig, cohort: Cohort | None) -> np.ndarray:
-    if split.kind == "per_cohort":
-        return _per_cohort_test_mask(table, split, cohort)
-    if split.kind == "holdout":
-        return (holdout(table, split.test_fraction, seed=split.seed).loc[table["case_id"]] == "test").to_numpy()
-    if split.kind == "kfold":
-        if split.fold >= split.k:
-            raise ValueError(f"split.fold {split.fold} is out of range for k={split.k}")
-        return (patient_kfold(table, split.k, seed=split.seed).loc[table["case_id"]] == split.fold).to_numpy()
-    if split.kind == "official":
-        if cohort is None or split.name not in cohort.splits:
-            known = sorted(cohort.splits) if cohort is not None else []
-            raise ValueError(f"split.name {split.name!r} is not an official split of these cohorts; known: {known}")
-        folds = cohort.splits[split.name]
-        if split.fold not in set(folds):
-            # a fold the split does not have would silently leave the test part empty
-            raise ValueError(f"split.fold {split.fold} is not a fold of {split.name!r}; its folds: {sorted(set(folds))}")
-        return table["case_id"].map(folds).eq(split.fold).to_numpy()
+    return SPLITS.build(split.kind, table, split, cohort)
+
+
+@SPLITS.register("holdout")
+def _holdout_test(table: pd.DataFrame, split: SplitConfig, cohort: Cohort | None) -> np.ndarray:
+    """A stratified test fraction (``test_fraction``)."""
+    return (holdout(table, split.test_fraction, seed=split.seed).loc[table["case_id"]] == "test").to_numpy()
+
+
+@SPLITS.register("kfold")
+def _kfold_test(table: pd.DataFrame, split: SplitConfig, cohort: Cohort | None) -> np.ndarray:
+    """Fold ``fold`` of ``k`` patient-grouped folds."""
+    if split.fold >= split.k:
+        raise ValueError(f"split.fold {split.fold} is out of range for k={split.k}")
+    return (patient_kfold(table, split.k, seed=split.seed).loc[table["case_id"]] == split.fold).to_numpy()
+
+
+@SPLITS.register("official")
+def _official_test(table: pd.DataFrame, split: SplitConfig, cohort: Cohort | None) -> np.ndarray:
+    """Fold ``fold`` of a dataset's own split ``name``."""
+    if cohort is None or split.name not in cohort.splits:
+        known = sorted(cohort.splits) if cohort is not None else []
+        raise ValueError(f"split.name {split.name!r} is not an official split of these cohorts; known: {known}")
+    folds = cohort.splits[split.name]
+    if split.fold not in set(folds):
+        # a fold the split does not have would silently leave the test part empty
+        raise ValueError(f"split.fold {split.fold} is not a fold of {split.name!r}; its folds: {sorted(set(folds))}")
+    return table["case_id"].map(folds).eq(split.fold).to_numpy()
+
+
+@SPLITS.register("sites")
+def _sites_test(table: pd.DataFrame, split: SplitConfig, cohort: Cohort | None) -> np.ndarray:
+    """Whole sites (``test_sites``)."""
     unknown = sorted(set(split.test_sites) - set(table["site"]))
     if unknown or not split.test_sites:
         raise ValueError(f"split.test_sites {split.test_sites} must name sites among {sorted(table['site'].unique())}")
     return table["site"].isin(split.test_sites).to_numpy()
 
 
-def _per_cohort_test_mask(table: pd.DataFrame, split: SplitConfig, cohort: Cohort | None) -> np.ndarray:
+@SPLITS.register("per_cohort")
+def _per_cohort_test(table: pd.DataFrame, split: SplitConfig, cohort: Cohort | None) -> np.ndarray:
     """Each cohort's rows split by that cohort's own split config."""
     names = table["cohort"]
     missing, unknown = sorted(set(names) - set(split.cohorts)), sorted(set(split.cohorts) - set(names))
