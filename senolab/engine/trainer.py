@@ -31,14 +31,20 @@ from senolab.engine.predict import predict, validation_score
 from senolab.models import BALANCERS, LossConfig, MultiTaskModel, build_model, multitask_losses
 
 
+# A config's head flag (a field of HeadsConfig) -> the head it enables (a name in
+# senolab.models.HEADS) and that head's options, sized from the data; adding a head is one
+# entry. tests/test_registries.py keeps the flags equal to HeadsConfig's fields.
+HEADS_BY_FLAG = {
+    "classification": ("cls", lambda data: {"num_classes": len(data.classes)}),
+    "segmentation": ("seg", lambda data: {}),
+    "bbox": ("box", lambda data: {}),
+}
+
+
 def model_from_config(config: ExperimentConfig, data: PreparedData) -> nn.Module:
     """The multi-task model a config describes, sized for the data's classes and inputs."""
-    heads_cfg = config.model.heads
-    heads = {name: options for name, enabled, options in (
-        ("cls", heads_cfg.classification, {"num_classes": len(data.classes)}),
-        ("seg", heads_cfg.segmentation, {}),
-        ("box", heads_cfg.bbox, {}),
-    ) if enabled}
+    heads = {head: options(data) for flag, (head, options) in HEADS_BY_FLAG.items()
+             if getattr(config.model.heads, flag)}
     model = build_model(config.model.encoder, heads, config.model.encoder_options, config.model.checkpoint)
     if config.model.fusion is None:
         return model
