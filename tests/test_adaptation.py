@@ -23,7 +23,7 @@ SIZE = 32
 
 # --------------------------------------------------------------------------- fixtures
 class TinyMultiTask(nn.Module):
-    """A small model with the DESIGN.md output contract (and BatchNorm, for AdaBN)."""
+    """A small model with the docs/contracts.md#model-outputs contract (and BatchNorm, for AdaBN)."""
 
     def __init__(self, classes: int = 2, width: int = 8, dim: int = 16):
         super().__init__()

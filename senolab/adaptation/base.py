@@ -94,7 +94,7 @@ class AdaptationMethod(nn.Module):
     def step_losses(self, model: nn.Module, source_batch: Batch, source_out: Mapping[str, torch.Tensor],
                     target_batch: Batch | None, target_out: Mapping[str, torch.Tensor] | None,
                     step: int, total_steps: int) -> dict[str, torch.Tensor]:
-        """The method's named, weighted losses for one step (the hook of DESIGN.md)."""
+        """The method's named, weighted losses for one step (docs/contracts.md#adaptation-hook)."""
         target = None if target_batch is None else strip_labels(target_batch)
         return self._losses(model, source_batch, source_out, target, target_out, step, total_steps)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator, Mapping
 
-# Keys of the batch contract that carry the answer (DESIGN.md), and prefixes that catch
+# Keys of the batch contract that carry the answer (docs/contracts.md#batch), and prefixes that catch
 # variants such as "labels", "mask_lesion" or any "has_*" availability flag.
 LABEL_KEYS = frozenset({"label", "mask", "bbox", "has_label", "has_mask", "has_bbox"})
 LABEL_PREFIXES = ("label", "mask", "bbox", "has_")

@@ -18,7 +18,7 @@ from senolab.errors import InputError
 
 LABELS: tuple[str, ...] = ("normal", "benign", "malignant")
 
-# Columns present in every cohort table (DESIGN.md, data contracts).
+# Columns present in every cohort table (docs/contracts.md#case-table).
 CORE_COLUMNS: tuple[str, ...] = (
     "case_id",  # unique in a study, prefixed by cohort: "busi/benign (1)"
     "patient_id",  # prefixed by cohort too, so two cohorts never share a patient by accident

@@ -1,7 +1,7 @@
 """Clinical metadata as model inputs, driven by the cohort's declared column types.
 
 scikit-learn style: ``fit`` on the training cases only (numeric means and spreads),
-``transform`` any cases into the batch arrays of DESIGN.md:
+``transform`` any cases into the batch arrays of docs/contracts.md#batch:
 
 - ``meta_num`` (N, Fn) float with ``meta_num_missing`` (N, Fn) bool: numeric columns
   (standardised), ordinal columns (rank scaled to [0, 1]) and multi-valued columns (one

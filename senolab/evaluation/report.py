@@ -13,7 +13,7 @@ any of the per-case columns of :mod:`senolab.evaluation.segmentation` (``dice``,
 For every method, every site and all sites pooled (:data:`POOLED`), every registered
 metric that applies gets a point estimate and a patient-bootstrap interval. Per method,
 ``worst_site`` names, per metric, the site with the worst value (lowest AUC or Dice,
-highest HD95 or ECE). ``summary.json`` follows DESIGN.md, in the spirit of nnU-Net's
+highest HD95 or ECE). ``summary.json`` follows docs/contracts.md#evaluation-outputs, in the spirit of nnU-Net's
 ``summary.json``, plus the settings that produced it under ``"evaluation"``::
 
     {"config": {...}, "evaluation": {...},

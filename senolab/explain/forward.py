@@ -1,6 +1,6 @@
 """A dict-returning senolab model seen by Captum as a function of tensors to a tensor.
 
-senolab models take the batch dict and return the output dict of DESIGN.md. Captum wants
+senolab models take the batch dict and return the output dict of docs/contracts.md#model-outputs. Captum wants
 ``forward(*inputs, *additional_forward_args) -> Tensor``. :class:`BatchForward` rebuilds
 the batch from the attributed tensors (``inputs``) and the other batch tensors (passed as
 Captum's ``additional_forward_args``, which Captum repeats alongside the inputs when it

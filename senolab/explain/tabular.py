@@ -26,7 +26,7 @@ from senolab.explain.forward import captum_call, evaluation_mode, resolve_target
 # The rule the fusion's radiomics class tokens use too, so explanation groups match them.
 from senolab.radiomics.table import feature_class
 
-# What a model sees when a tabular value is absent (DESIGN.md batch contract).
+# What a model sees when a tabular value is absent (docs/contracts.md#batch).
 ABSENT: dict[str, float] = {"meta_num": 0.0, "meta_num_missing": 1.0, "meta_cat": 0.0, "radiomics": 0.0}
 TABULAR_KEYS: tuple[str, ...] = ("meta_num", "meta_num_missing", "meta_cat", "radiomics")
 

@@ -26,7 +26,7 @@ DEFAULT_HEADS: dict[str, dict] = {"cls": {"num_classes": 3}, "seg": {}, "box": {
 
 
 class MultiTaskModel(nn.Module):
-    """Encoder (+ fusion) + heads; ``model(batch)`` returns the DESIGN.md output dict.
+    """Encoder (+ fusion) + heads; ``model(batch)`` returns the output dict of docs/contracts.md#model-outputs.
 
     Parameters
     ----------
@@ -35,8 +35,9 @@ class MultiTaskModel(nn.Module):
         (names: :data:`senolab.models.HEADS`).
     fusion: optional fusion module (see the module docstring for its contract).
 
-    Output: ``embedding`` (B, D), ``tokens`` (B, T, D) when the encoder has them, and
-    ``logits`` (B, C), ``seg_logits`` (B, 1, H, W), ``bbox`` (B, 4) for the enabled heads.
+    Output: ``embedding`` (B, D) always, ``tokens`` (B, T, D) when the encoder (or fusion)
+    makes them, and ``logits`` (B, C), ``seg_logits`` (B, 1, H, W), ``bbox`` (B, 4,
+    normalised xyxy) for the enabled heads (at least one).
     """
 
     def __init__(self, encoder: Encoder, heads: Mapping[str, Mapping | None], fusion: nn.Module | None = None):
@@ -60,7 +61,7 @@ class MultiTaskModel(nn.Module):
         return list(self.encoder.shared_layer.parameters())
 
     def forward(self, batch: Mapping) -> dict[str, torch.Tensor]:
-        """The output dict of a batch dict (DESIGN.md).
+        """The output dict (docs/contracts.md#model-outputs) of a batch dict (docs/contracts.md#batch).
 
         The model reads ``batch["image"]``, and its fusion module the tabular entries it
         needs: one input, so the engine, adaptation methods and Captum wrappers all pass

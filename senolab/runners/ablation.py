@@ -35,7 +35,7 @@ BUSI), and the table reports that AUC next to the full one.
 
 Written to DIR: ``results.csv`` (one row per variant: pooled AUC with CI, difference and
 DeLong p against image only, AUC with the tabular inputs withheld), ``ablation.md`` (the same table), ``ablation_auc.png``
-(AUC with CI bars per variant), ``summary.json`` (DESIGN.md shape, per-site aggregates
+(AUC with CI bars per variant), ``summary.json`` (docs/contracts.md#evaluation-outputs shape, per-site aggregates
 of every variant, plus an ``ablation`` section), ``predictions.parquet`` (every
 out-of-fold prediction) and ``runs/fold<k>/<variant>/`` (each run's predictions and
 history, and the stage-1 encoder in ``runs/fold<k>/pretrained_image/``; a rerun with

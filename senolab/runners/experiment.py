@@ -1,6 +1,6 @@
 """One model end to end: prepare data, train, predict the test part, evaluate, write the run.
 
-The run directory is complete on its own (DESIGN.md): ``config.yaml``, ``best.pt`` and
+The run directory is complete on its own (docs/contracts.md#run-folder): ``config.yaml``, ``best.pt`` and
 ``last.pt``, ``history.csv`` (losses, validation metrics and per-task loss weights per
 epoch), ``predictions.parquet`` (one row per test case), ``summary.json`` and
 ``results.csv``, and ``preprocessing.json`` (what was fitted on the training part, so
