@@ -3,6 +3,7 @@
 A :class:`Cohort` holds that table, the declared type of each metadata column, the
 official splits a dataset ships with, and the problems met while reading it (every
 skipped case is counted with its file and reason: nothing is dropped silently).
+:func:`validate_table` checks the contract written up in docs/contracts.md#case-table.
 """
 from __future__ import annotations
 
