@@ -39,14 +39,18 @@ def test_quickstart_runs_end_to_end_and_tracks(tmp_path):
 
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["quickstart"])
-    assert len(runs) == 4  # a parent per method, a child for the target site each
-    assert set(runs["tags.transductive"]) == {"true", "false"}
+    assert len(runs) == 3  # the run's parent, a child per (target, method, seed)
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert set(children["tags.transductive"]) == {"true", "false"}
+    assert (children["metrics.auc_ci_lo"] <= children["metrics.auc"]).all()
+    for column in ("metrics.insite_auc", "metrics.gap_auc", "metrics.site_classifier_acc", "metrics.sensitivity"):
+        assert children[column].notna().all(), column
 
     # a second call on the finished folder (as `make run` twice) redoes nothing and logs nothing twice
-    stamp = (out / "study" / "runs" / "site_c" / "erm" / "seed0" / "best.pt").stat().st_mtime_ns
+    stamp = (out / "study" / "runs" / "site_c" / "erm" / "seed0" / "model.pt").stat().st_mtime_ns
     run_main(reduced_quickstart(), out, progress=False)
-    assert (out / "study" / "runs" / "site_c" / "erm" / "seed0" / "best.pt").stat().st_mtime_ns == stamp
-    assert len(mlflow.search_runs(experiment_names=["quickstart"])) == 4
+    assert (out / "study" / "runs" / "site_c" / "erm" / "seed0" / "model.pt").stat().st_mtime_ns == stamp
+    assert len(mlflow.search_runs(experiment_names=["quickstart"])) == 3
 
 
 def test_loso_run_logs_every_target_and_method_once(tmp_path):
@@ -64,14 +68,14 @@ def test_loso_run_logs_every_target_and_method_once(tmp_path):
     client = mlflow.tracking.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("quickstart").experiment_id
     runs = client.search_runs([experiment])
-    top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    pairs = sorted((r.data.tags["target_site"], r.data.tags["method"]) for r in top)
+    units = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    pairs = sorted((r.data.tags["target_site"], r.data.tags["method"]) for r in units)
     expected = sorted((t, m) for t in ("site_a", "site_b", "site_c") for m in ("erm", "histogram_matching"))
     assert pairs == expected
-    assert len(runs) == 2 * len(expected)  # and one child (the target site) each
-    rocs = sorted(out.glob("methods/*/*/seed0/figures/roc.png"))
+    assert len(runs) == 1 + len(expected)  # and the run's own parent
+    rocs = sorted(out.glob("study/runs/*/*/seed0/figures/roc.png"))
     assert len(rocs) == len(expected)
     for target, method in expected:  # each folder holds its own target's cases
-        cases = pd.read_parquet(out / "methods" / target / method / "seed0" / "predictions.parquet")
-        assert set(cases["site"]) == {target}
-    assert len(list(out.glob("methods/*/*/seed0/model/model.pt"))) == len(expected)
+        cases = pd.read_parquet(out / "study" / "runs" / target / method / "seed0" / "predictions.parquet")
+        assert set(cases[cases["domain"] == "target"]["site"]) == {target}
+    assert len(list((out / "study").rglob("*.pt"))) == len(expected), "one model file per unit"

@@ -1,9 +1,10 @@
 """senolab.tracking against a real MLflow server and the embedded SQLite store (no mocks).
 
 A module-scoped fixture starts `mlflow server` (the venv's executable) on 127.0.0.1 with
-a free port and a temporary SQLite backend; the second test stops it mid-study and
-starts it again on the same backend. Start-up takes several seconds, so one server
-serves the whole module.
+a free port and a temporary SQLite backend; one test stops it mid-study and starts it
+again on the same backend. Start-up takes several seconds, so one server serves the
+whole module. Each command is a parent run; each unit (here a method at two sites) a
+child with its epochs (history.csv, written live and replayed identically).
 """
 from __future__ import annotations
 
@@ -21,12 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from torch import nn
 
 from senolab.cli import main as senolab_main
 from senolab.evaluation import evaluate
 from senolab.evaluation.plots import plot_reliability, plot_roc_by_site
-from senolab.tracking import RunDir, TrackingUnavailable, embedded_uri, flatten_params, table_fingerprint
+from senolab.tracking import RunDir, TrackingUnavailable, embedded_uri, flatten_params, table_fingerprint, unit_metrics
 from senolab.tracking.mirror import COMPLETE_TAG, KEY_TAG
 from senolab.tracking.records import metric_values
 
@@ -111,24 +111,33 @@ def study_predictions(method: str, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def log_method(run: RunDir, method: str, with_model: bool = False) -> dict:
-    """What a study does per method: evaluate, draw ROC/reliability, tabulate explanations,
-    save the model, log."""
+EPOCHS = 3
+
+
+def train_unit(run: RunDir, method: str) -> tuple[dict, list[dict]]:
+    """What a runner does per unit: train (epochs live through the callback), evaluate,
+    draw figures, log. Returns the unit's aggregates and its history rows."""
+    folder = run.root / "units" / method
+    (folder / "figures").mkdir(parents=True)
+    live = run.live(method, tags={"method": method})
+    live.on_fit_start(None)
+    rows = []
+    for epoch in range(EPOCHS):
+        rows.append({"epoch": epoch, "loss": 1.0 / (epoch + 1), "val_auc": 0.6 + 0.1 * epoch,
+                     "time_ms": int(time.time() * 1000) + epoch})
+        pd.DataFrame(rows).to_csv(folder / "history.csv", index=False)
+        live.on_epoch_end(None, rows[-1])
     predictions = study_predictions(method, seed=len(method))
+    predictions.to_parquet(folder / "predictions.parquet")
     aggregates = evaluate(predictions, n_resamples=40, progress=False).aggregates[method]
-    figures_dir = run.method_dir(method) / "figures"
-    table = run.method_dir(method) / "explanations" / "pointing_game.csv"
-    table.parent.mkdir()
-    pd.DataFrame({"cohort": ["busi"], "in_mask_share": [0.4], "chance_share": [0.1]}).to_csv(table, index=False)
-    figures = [plot_roc_by_site(predictions, figures_dir / "roc.png"),
-               plot_reliability(predictions, figures_dir / "reliability.png"), table]
-    site_figures = {site: [plot_roc_by_site(predictions[predictions["site"] == site], figures_dir / f"roc_{site}.png")]
-                    for _, site, _ in COHORTS}
-    if with_model:
-        run.write_model(method, nn.Linear(4, 2), {"encoder": "linear"})
-    run.log_method(method, aggregates, predictions, transductive=METHODS[method], params={"weight": 0.1},
-                   files=figures, site_files=site_figures)
-    return aggregates
+    (folder / "summary.json").write_text(json.dumps({"method": method}))
+    figures = [plot_roc_by_site(predictions, folder / "figures" / "roc.png"),
+               plot_reliability(predictions, folder / "figures" / "reliability.png")]
+    run.log_unit(method, metrics={**unit_metrics(aggregates, None), "site_classifier_acc": 0.75},
+                 tags={"method": method, "transductive": str(METHODS[method]).lower()}, params={"weight": 0.1},
+                 files=[folder / "predictions.parquet", folder / "summary.json", folder / "figures"],
+                 history=folder / "history.csv", start_ms=live.start_ms)
+    return aggregates, rows
 
 
 @pytest.fixture
@@ -137,10 +146,6 @@ def tracking_uri():
     before = mlflow.get_tracking_uri()
     yield mlflow.set_tracking_uri
     mlflow.set_tracking_uri(before)
-
-
-def children(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[runs["tags.mlflow.parentRunId"].notna()]
 
 
 def artifact_paths(client, run_id: str, folder: str | None = None) -> set[str]:
@@ -154,38 +159,34 @@ def test_study_fans_out_to_a_real_server(server, tmp_path, tracking_uri):
     study = f"study-{uuid.uuid4().hex[:6]}"
     fingerprint = table_fingerprint(study_predictions("erm", 0)[["case_id", "site"]])
     run = RunDir.create(tmp_path / "run", study, CONFIG, tracking_uri=server.uri, data_fingerprint=fingerprint)
-    aggregates = {method: log_method(run, method, with_model=method == "erm") for method in METHODS}
-    assert "at " + server.uri in run.finish(echo=False)
+    results = {method: train_unit(run, method) for method in METHODS}
+    assert "at " + server.uri in run.finish(metrics={"erm.worst_target_auc": 0.7}, echo=False)
 
     tracking_uri(server.uri)
-    runs = mlflow.search_runs(experiment_names=[study])
-    assert len(runs) == 2 + 2 * 2
-    kids = children(runs)
-    assert sorted(zip(kids["tags.method"], kids["tags.cohort"])) == sorted(
-        (m, c) for m in METHODS for c, _, _ in COHORTS)
     client = mlflow.tracking.MlflowClient(server.uri)
-    for _, child in kids.iterrows():
-        method, site = child["tags.method"], child["tags.site"]
-        expected = aggregates[method][site]["auc"]
-        assert child["metrics.auc"] == pytest.approx(expected["value"])
-        assert child["metrics.auc_ci_lo"] == pytest.approx(expected["ci"][0])
-        assert child["metrics.auc_ci_hi"] == pytest.approx(expected["ci"][1])
-        assert child["tags.scanner"] == dict((s, sc) for _, s, sc in COHORTS)[site]
-        assert child["tags.transductive"] == str(METHODS[method]).lower()
-        assert child["tags.data_fingerprint"] == fingerprint
-        assert len(child["tags.git_commit"]) >= 7
-        assert child["params.model.encoder"] == "unet" and child["params.method.weight"] == "0.1"
-        assert artifact_paths(client, child["run_id"]) == {"predictions.parquet", "summary.json", f"figures/roc_{site}.png"}
-        downloaded = client.download_artifacts(child["run_id"], "predictions.parquet", str(tmp_path / child["run_id"]))
-        assert set(pd.read_parquet(downloaded)["case_id"]) == {f"{site}_{i}" for i in range(24)}
-    parents = runs[runs["tags.mlflow.parentRunId"].isna()].set_index("tags.method")
-    worst = aggregates["dann"]["worst_site"]["auc"]
-    assert parents.loc["dann", "metrics.worst_site.auc"] == pytest.approx(worst["value"])
-    assert parents.loc["dann", "tags.worst_site.auc"] == worst["site"]
-    assert parents.loc["erm", "metrics.auc"] == pytest.approx(aggregates["erm"]["all"]["auc"]["value"])
-    assert artifact_paths(client, parents.loc["erm", "run_id"]) == {
-        "summary.json", "predictions.parquet", "figures/roc.png", "figures/reliability.png",
-        "explanations/pointing_game.csv", "model/model.pt"}
+    experiment = client.get_experiment_by_name(study)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the training view
+    runs = mlflow.search_runs(experiment_names=[study])
+    assert len(runs) == 1 + len(METHODS)
+    parent = runs[runs["tags.mlflow.parentRunId"].isna()].iloc[0]
+    assert parent["metrics.erm.worst_target_auc"] == pytest.approx(0.7) and parent["params.model.encoder"] == "unet"
+    units = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]].set_index("tags.method")
+    for method, (aggregates, rows) in results.items():
+        unit = units.loc[method]
+        pooled = aggregates["all"]["auc"]
+        assert unit["metrics.auc"] == pytest.approx(pooled["value"])
+        assert (unit["metrics.auc_ci_lo"], unit["metrics.auc_ci_hi"]) == pytest.approx(tuple(pooled["ci"]))
+        assert unit["metrics.busi.auc"] == pytest.approx(aggregates["busi"]["auc"]["value"])
+        assert unit["metrics.site_classifier_acc"] == pytest.approx(0.75)  # headline figures are metrics
+        assert unit["tags.transductive"] == str(METHODS[method]).lower()
+        assert unit["tags.data_fingerprint"] == fingerprint and len(unit["tags.git_commit"]) >= 7
+        assert unit["params.model.encoder"] == "unet" and unit["params.weight"] == "0.1"
+        history = client.get_metric_history(unit["run_id"], "loss")
+        assert [(p.step, p.value, p.timestamp) for p in history] == [
+            (r["epoch"], r["loss"], r["time_ms"]) for r in rows]  # written live, once
+        assert unit["start_time"] < unit["end_time"]
+        assert artifact_paths(client, unit["run_id"]) == {
+            "predictions.parquet", "summary.json", "figures/roc.png", "figures/reliability.png"}
     assert (runs["tags." + COMPLETE_TAG] == "true").all() and runs["tags." + KEY_TAG].is_unique
 
 
@@ -193,11 +194,11 @@ def test_server_down_mid_study_then_sync_uploads_once(server, tmp_path, capsys):
     study = f"outage-{uuid.uuid4().hex[:6]}"
     root = tmp_path / "run"
     run = RunDir.create(root, study, CONFIG, tracking_uri=server.uri)
-    log_method(run, "erm")  # reaches the server
+    train_unit(run, "erm")  # reaches the server
     server.stop()
     try:
         with pytest.warns(TrackingUnavailable, match="senolab sync"):
-            log_method(run, "dann")  # the server is gone: recorded locally only
+            train_unit(run, "dann")  # the server is gone: recorded locally only
         message = run.finish(echo=False)
     finally:
         server.start()  # the same backend store, on a new port
@@ -205,51 +206,49 @@ def test_server_down_mid_study_then_sync_uploads_once(server, tmp_path, capsys):
     manifest = json.loads((root / "runs.json").read_text())
     assert manifest["status"] == "finished"
     assert manifest["tracking"]["state"] == "failed" and manifest["tracking"]["error"]
-    assert [m["parent"]["name"] for m in manifest["methods"]] == ["erm", "dann"]
-    for method in METHODS:
-        assert (root / "methods" / method / "predictions.parquet").exists()
-        assert (root / "methods" / method / "figures" / "roc.png").exists()
+    assert [r["name"] for r in manifest["runs"]] == ["erm", "dann"]
 
     client = mlflow.tracking.MlflowClient(server.uri)
     experiment = client.get_experiment_by_name(study).experiment_id
-    assert len(client.search_runs([experiment])) == 3  # erm and its two sites, before the outage
+    assert len(client.search_runs([experiment])) == 2  # the parent (open) and erm, before the outage
 
     capsys.readouterr()
     assert senolab_main(["sync", str(root), "--tracking-uri", server.uri]) == 0
-    assert "3 runs created, 0 completed, 3 already in MLflow" in capsys.readouterr().out
-    assert len(client.search_runs([experiment])) == 6
+    assert "1 runs created, 1 completed, 1 already in MLflow" in capsys.readouterr().out
+    runs = client.search_runs([experiment])
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    dann = next(r for r in runs if r.data.tags.get("method") == "dann")
+    assert len(client.get_metric_history(dann.info.run_id, "loss")) == EPOCHS  # replayed from history.csv
     assert senolab_main(["sync", str(root), "--tracking-uri", server.uri]) == 0
-    assert "0 runs created, 0 completed, 6 already in MLflow" in capsys.readouterr().out
-    assert len(client.search_runs([experiment])) == 6
+    assert "0 runs created, 0 completed, 3 already in MLflow" in capsys.readouterr().out
     assert RunDir.open(root).tracking["state"] == "ok"
 
 
 def test_embedded_store_needs_no_server(tmp_path, capsys):
     root = tmp_path / "run"
     run = RunDir.create(root, "embedded", CONFIG)
-    log_method(run, "erm")
+    train_unit(run, "erm")
     run.finish()
     printed = capsys.readouterr().out
     assert f"mlflow ui --backend-store-uri sqlite:///{root.resolve()}/mlflow.db" in printed
     client = mlflow.tracking.MlflowClient(embedded_uri(root))
     experiment = client.get_experiment_by_name("embedded")
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.data.tags.get("site", "-") for r in runs) == ["-", "busbra", "busi"]
+    assert sorted(r.data.tags.get("method", "-") for r in runs) == ["-", "erm"]
     for r in runs:  # artifacts live inside the run directory
         assert Path(r.info.artifact_uri.removeprefix("file://")).is_relative_to(root.resolve())
-        assert client.list_artifacts(r.info.run_id)
-    assert run.sync(progress=False).skipped == 3
+    assert run.sync(progress=False).skipped == 2
 
 
 def test_interrupted_upload_is_completed_without_duplicates(tmp_path):
     root = tmp_path / "run"
     run = RunDir.create(root, "partial", CONFIG, track=False)
-    log_method(run, "erm")
+    train_unit(run, "erm")
+    train_unit(run, "dann")
     assert "MLflow upload was off" in run.finish(echo=False)
-    # Lose the second site's file: the upload stops after creating the parent and the
-    # first child and starting the second one.
-    second = run.methods()[0].children[1]
-    lost = root / second.artifacts[0].path
+    # Lose the second unit's predictions: the upload stops after creating the parent and
+    # the first unit and starting the second one.
+    lost = root / run.runs()[1].artifacts[0].path
     kept = lost.read_bytes()
     lost.unlink()
     with pytest.raises(FileNotFoundError, match="predictions.parquet"):
@@ -257,13 +256,14 @@ def test_interrupted_upload_is_completed_without_duplicates(tmp_path):
     assert RunDir.open(root).tracking["state"] == "failed"
     lost.write_bytes(kept)
     counts = run.sync(progress=False)
-    assert (counts.created, counts.resumed, counts.skipped) == (0, 2, 1)
+    assert (counts.created, counts.resumed, counts.skipped) == (0, 1, 2)
     client = mlflow.tracking.MlflowClient(embedded_uri(root))
     runs = client.search_runs([client.get_experiment_by_name("partial").experiment_id])
     assert len(runs) == 3 and all(r.data.tags[COMPLETE_TAG] == "true" for r in runs)
-    resumed = next(r for r in runs if r.data.tags.get("site") == "busi")
-    # Its metrics were written before the failure and again on resume: still one point.
+    resumed = next(r for r in runs if r.data.tags.get("method") == "dann")
+    # Its metrics were written before the failure and again on resume: still one point each.
     assert len(client.get_metric_history(resumed.info.run_id, "auc")) == 1
+    assert len(client.get_metric_history(resumed.info.run_id, "loss")) == EPOCHS
 
 
 def test_records_flatten_config_and_metrics():
@@ -287,13 +287,11 @@ def test_run_dir_refuses_bad_use(tmp_path, capsys):
         RunDir.create(tmp_path / "run", "bad", CONFIG)
     outside = tmp_path / "elsewhere.png"
     outside.write_bytes(b"png")
-    predictions = study_predictions("erm", 0)
-    aggregates = evaluate(predictions, n_resamples=10, progress=False).aggregates["erm"]
     with pytest.raises(ValueError, match="outside the run directory"):
-        run.log_method("erm", aggregates, predictions, transductive=False, files=[outside])
-    run.log_method("erm", aggregates, predictions, transductive=False)
+        run.log_unit("erm", metrics={"auc": 0.7}, files=[outside])
+    run.log_unit("erm", metrics={"auc": 0.7})
     with pytest.raises(ValueError, match="already recorded"):
-        run.log_method("erm", aggregates, predictions, transductive=False)
+        run.log_unit("erm", metrics={"auc": 0.7})
     assert senolab_main(["sync", str(tmp_path / "nothing")]) == 2
     assert "not a senolab run directory" in capsys.readouterr().err
 
@@ -303,7 +301,7 @@ def test_failed_sync_elsewhere_keeps_the_folder_default(tmp_path, capsys):
     (it used to make X the default and flag the folder as failed)."""
     root = tmp_path / "run"
     run = RunDir.create(root, "kept", CONFIG)
-    log_method(run, "erm")
+    train_unit(run, "erm")
     run.finish(echo=False)
     dead = f"http://127.0.0.1:{free_port()}"
     assert senolab_main(["sync", str(root), "--tracking-uri", dead]) == 1
@@ -317,9 +315,9 @@ def test_relative_run_folder_and_tracking_uri(tmp_path, monkeypatch):
     them, keep meaning the same places after the working folder changes."""
     monkeypatch.chdir(tmp_path)
     run = RunDir.create("runs/../runs/rel", "relative", CONFIG, tracking_uri="sqlite:///store.db")
-    log_method(run, "erm")
+    train_unit(run, "erm")
     monkeypatch.chdir(tmp_path / "runs")
     run.finish(echo=False)
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'store.db'}")
-    assert len(client.search_runs([client.get_experiment_by_name("relative").experiment_id])) == 3
+    assert len(client.search_runs([client.get_experiment_by_name("relative").experiment_id])) == 2
     assert RunDir.open(tmp_path / "runs" / "rel").tracking["uri"] == f"sqlite:///{tmp_path / 'store.db'}"

@@ -6,6 +6,13 @@ validation score, a checkpoint every epoch that stores the config and resumes ex
 per-task loss weights logged every epoch (``history.csv`` in the run folder, rewritten
 after each epoch, so a run in progress can be watched), and a progress bar with loss and metrics.
 
+Callbacks watch the loop without the loop knowing them (MONAI's handlers are the model):
+any object with some of ``on_fit_start(trainer)``, ``on_epoch_end(trainer, row)`` and
+``on_fit_end(trainer, result)`` is called at those points, in the order given. MLflow's
+live tracking is one (:class:`senolab.tracking.LiveRun`); the engine never imports it.
+Each history row carries ``time_ms``, the wall-clock time it was written, so a replay of
+``history.csv`` gives the same metric points as the live run did.
+
 Reproducibility on CPU: the shuffling generator, the augmentation draw and the global
 torch RNG are all re-seeded from (seed, epoch) at the start of each epoch, so a run
 resumed from an epoch checkpoint replays the same batches and dropout masks as one that
@@ -17,6 +24,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 import torch
@@ -90,8 +98,9 @@ class Trainer:
 
     def __init__(self, config: ExperimentConfig, data: PreparedData, out_dir: str | Path,
                  method: str = "erm", method_options: dict | None = None, target_part: str | None = None,
-                 selection=None):
+                 selection=None, callbacks: Sequence[object] = ()):
         self.config, self.data, self.out_dir = config, data, Path(out_dir)
+        self.callbacks = list(callbacks)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.selection = selection  # callable(trainer) -> extra validation metrics
         self.device = pick_device(config.train.device)
@@ -128,6 +137,7 @@ class Trainer:
         last = self.out_dir / "last.pt"
         if resume and last.exists():
             start_epoch, bad_epochs, step, elapsed = self._restore(load_checkpoint(last, self.device), result)
+        self._notify("on_fit_start", self)
         for epoch in range(start_epoch, min(cfg.epochs, until_epoch or cfg.epochs)):
             if self.out_of_time(elapsed):  # a run resumed after its budget was spent
                 break
@@ -139,9 +149,10 @@ class Trainer:
             elapsed += time.perf_counter() - began
             row = {"epoch": epoch, **train_losses, **metrics, "lr": self.optimizer.param_groups[0]["lr"],
                    **{f"weight_{k}": v for k, v in self.balancer.weights().items()}, "seconds": elapsed,
-                   "train_seconds": train_seconds}
+                   "train_seconds": train_seconds, "time_ms": int(time.time() * 1000)}
             result.history.append(row)
             pd.DataFrame(result.history).to_csv(self.out_dir / "history.csv", index=False)
+            self._notify("on_epoch_end", self, row)
             self.balancer.end_epoch({t: train_losses[f"loss_{t}"] for t in self.model.tasks if f"loss_{t}" in train_losses})
             score = metrics[cfg.early_stopping.metric]
             if score > result.best_score:
@@ -161,7 +172,14 @@ class Trainer:
         best = load_checkpoint(self.out_dir / "best.pt", self.device)
         self.model.load_state_dict(best["model"])
         self.method.load_state_dict(best["method"])
+        self._notify("on_fit_end", self, result)
         return result
+
+    def _notify(self, event: str, *args) -> None:
+        for callback in self.callbacks:
+            handler = getattr(callback, event, None)
+            if handler is not None:
+                handler(*args)
 
     def _seed_epoch(self, epoch: int) -> None:
         seed = self.config.train.seed * 100_003 + epoch

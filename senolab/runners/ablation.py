@@ -59,6 +59,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from senolab.engine.config import ConfigError, ExperimentConfig, merge_overrides, parse_config, read_yaml_mapping, validate
 from senolab.fusion.base import FUSIONS, fusion_options
+from senolab.tracking.records import slug
+from senolab.tracking.rundir import unit_name
 
 SECTION = "ablation"
 REFERENCE = "image_only"
@@ -173,15 +175,21 @@ class AblationResult:
 
 
 def run_ablation(config: ExperimentConfig, options: AblationOptions, out_dir: str | Path,
-                 progress: bool = True) -> AblationResult:
-    """Train and evaluate every variant on every fold; write the results (module docstring)."""
+                 progress: bool = True, tracking_uri: str | None = None) -> AblationResult:
+    """Train and evaluate every variant on every fold; write the results (module docstring).
+
+    Tracked in MLflow as it runs: a parent run for the ablation, a child per (fold,
+    variant) with its epochs live and its fold's test AUC, the pooled table on the parent."""
     from senolab.engine.data import load_cohorts, prepare
+    from senolab.paths import writable_folder
+    from senolab.tracking import RunDir, table_fingerprint
 
     began = time.perf_counter()
-    from senolab.paths import writable_folder
-
     out = writable_folder(Path(out_dir).absolute(), "ablation folder")  # before any work
     cohort = load_cohorts(config.data, progress)
+    run = RunDir.open_or_create(out, config.name, {**config.model_dump(), SECTION: options.model_dump()},
+                                tracking_uri=tracking_uri, data_fingerprint=table_fingerprint(cohort.table),
+                                command="ablation")
     config = _with_radiomics(config, options, cohort, out, progress)
     variants = plan_variants(options)
     _check_inputs(cohort, variants)
@@ -194,15 +202,50 @@ def run_ablation(config: ExperimentConfig, options: AblationOptions, out_dir: st
         opted_in = data.metadata.opted_in if data.metadata is not None else []
         runs = out / "runs" / f"fold{fold}"
         if options.finetune is not None:
-            encoder = _pretrained_encoder(Variant(None).configure(fold_config), data, runs / "pretrained_image", progress)
+            stage1 = Tracked(run, unit_name("pretrained_image", f"fold{fold}"), {"fold": str(fold)})
+            encoder = _pretrained_encoder(Variant(None).configure(fold_config), data, runs / "pretrained_image",
+                                          progress, stage1)
             fold_config = options.finetuning(fold_config, encoder)
         for variant in variants:
-            predicted = _run_variant(variant.configure(fold_config), data, runs / variant.slug, progress)
+            tracked = Tracked(run, unit_name(variant.slug, f"fold{fold}"), {"method": variant.name, "fold": str(fold)})
+            predicted = _run_variant(variant.configure(fold_config), data, runs / variant.slug, progress, tracked)
             tables += [table.assign(method=name, fold=fold) for name, table in zip(variant.methods, predicted)]
     predictions = pd.concat(tables, ignore_index=True)
     predictions.to_parquet(out / "predictions.parquet")
     table, summary, markdown = _report(predictions, variants, config, options, opted_in, out, progress)
+    headline = {f"{slug(row['method'])}.{name}": float(row[name]) for row in table.to_dict("records")
+                for name in ("auc", "auc_lo", "auc_hi") if name in row and np.isfinite(row[name])}
+    run.finish(metrics=headline, echo=False, files=[out / name for name in (
+        "results.csv", "ablation.md", "ablation_auc.png", "summary.json")])
     return AblationResult(table, summary, markdown, time.perf_counter() - began)
+
+
+@dataclass
+class Tracked:
+    """Where one training of the ablation is logged: the run directory and its unit."""
+
+    run: object
+    unit: str
+    tags: dict
+
+    def log(self, run_dir: Path, tables: list[pd.DataFrame], names: list[str], start_ms: int | None) -> None:
+        """The unit's MLflow child: its fold's test AUC per prediction table, files and epochs."""
+        if self.run.is_logged(self.unit):
+            return
+        metrics = {f"{slug(name)}.fold_auc": auc for name, table in zip(names, tables)
+                   if (auc := _fold_auc(table)) is not None}
+        files = [p for p in sorted(run_dir.glob("*.parquet")) + [run_dir / "history.csv"] if p.exists()]
+        self.run.log_unit(self.unit, metrics=metrics, tags=self.tags, files=files, history=run_dir / "history.csv",
+                          start_ms=start_ms)
+
+
+def _fold_auc(table: pd.DataFrame) -> float | None:
+    """Malignant-vs-benign AUC of one fold's test part (no interval: the pooled one has it)."""
+    from sklearn.metrics import roc_auc_score
+
+    labelled = table[table["label"].notna()]
+    y = (labelled["label_name"] == "malignant").astype(int)
+    return float(roc_auc_score(y, labelled["score"])) if y.nunique() == 2 else None
 
 
 def _fold_config(config: ExperimentConfig, folds: int, fold: int) -> ExperimentConfig:
@@ -229,17 +272,19 @@ def _check_inputs(cohort, variants: list[Variant]) -> None:
         raise ValueError(f"cohort {cohort.name!r} has no metadata columns; drop 'metadata' from ablation.modalities")
 
 
-def _pretrained_encoder(config: ExperimentConfig, data, run_dir: Path, progress: bool) -> Path:
+def _pretrained_encoder(config: ExperimentConfig, data, run_dir: Path, progress: bool, tracked: Tracked) -> Path:
     """Stage 1: the fold's image-only model; its encoder weights start every variant of stage 2."""
     weights = run_dir / "encoder.pt"
+    start_ms = None
     if not _reusable(run_dir, config, weights):
-        model = _train(config, data, run_dir, progress)
+        model, start_ms = _train(config, data, run_dir, progress, tracked)
         torch.save(model.encoder.state_dict(), weights)
         _stamp(run_dir, config)
+    tracked.log(run_dir, [], [], start_ms)
     return weights
 
 
-def _run_variant(config: ExperimentConfig, data, run_dir: Path, progress: bool) -> list[pd.DataFrame]:
+def _run_variant(config: ExperimentConfig, data, run_dir: Path, progress: bool, tracked: Tracked) -> list[pd.DataFrame]:
     """Test-part predictions of one variant on one fold: as is, and (fused variants) with the
     tabular inputs withheld, as for a cohort that records none. Reused when this exact run exists."""
     from senolab.engine.predict import predict
@@ -250,8 +295,10 @@ def _run_variant(config: ExperimentConfig, data, run_dir: Path, progress: bool) 
     if config.model.fusion is not None:
         products.append(run_dir / "predictions_tabular_withheld.parquet")
     if all(_reusable(run_dir, config, p) for p in products):
-        return [pd.read_parquet(p) for p in products]
-    model = _train(config, data, run_dir, progress)
+        tables = [pd.read_parquet(p) for p in products]
+        tracked.log(run_dir, tables, [p.stem for p in products], None)
+        return tables
+    model, start_ms = _train(config, data, run_dir, progress, tracked)
     device, batch = pick_device(config.train.device), config.train.batch_size
     # the population graph's nodes: the training cases, embedded by the final encoder
     refresh_population(model, data.loader("train", batch, augment=False), device)
@@ -261,18 +308,22 @@ def _run_variant(config: ExperimentConfig, data, run_dir: Path, progress: bool) 
     for table, path in zip(tables, products):
         table.to_parquet(path)
     _stamp(run_dir, config)
+    tracked.log(run_dir, tables, [p.stem for p in products], start_ms)
     return tables
 
 
-def _train(config: ExperimentConfig, data, run_dir: Path, progress: bool) -> torch.nn.Module:
-    """The engine's Trainer; checkpoints go to a temporary folder, the history to ``run_dir``."""
+def _train(config: ExperimentConfig, data, run_dir: Path, progress: bool,
+           tracked: Tracked) -> tuple[torch.nn.Module, int | None]:
+    """The engine's Trainer, its epochs live in MLflow; checkpoints go to a temporary
+    folder, the history to ``run_dir``. Returns the model and when training started."""
     from senolab.engine.trainer import Trainer
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    live = tracked.run.live(tracked.unit, tags=tracked.tags)
     with tempfile.TemporaryDirectory(prefix="senolab-ablation-") as checkpoints:
-        result = Trainer(config, data, checkpoints).fit(resume=False, progress=progress)
+        result = Trainer(config, data, checkpoints, callbacks=[live]).fit(resume=False, progress=progress)
     pd.DataFrame(result.history).to_csv(run_dir / "history.csv", index=False)
-    return result.model
+    return result.model, live.start_ms
 
 
 def _fingerprint(config: ExperimentConfig) -> str:

@@ -9,11 +9,15 @@ import sys
 from pathlib import Path
 
 
+TRACKING_HELP = "an MLflow server or store (default: an SQLite store in the output folder)"
+
+
 def register(subparsers) -> None:
     train = subparsers.add_parser("train", help="train and evaluate one model from a YAML config",
                                   description="Train one multi-task model and evaluate it on the held-out part.")
     train.add_argument("config", type=Path, help="experiment YAML (see configs/)")
     train.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<config name>)")
+    train.add_argument("--tracking-uri", default=None, metavar="URI", help=TRACKING_HELP)
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=run_train)
 
@@ -31,6 +35,7 @@ def register(subparsers) -> None:
                                   "method; a stopped study continues where it stopped.")
     study.add_argument("config", type=Path, help="study YAML (see configs/study_*.yaml)")
     study.add_argument("--out", type=Path, default=None, help="study directory (default: runs/<study name>)")
+    study.add_argument("--tracking-uri", default=None, metavar="URI", help=TRACKING_HELP)
     study.add_argument("--quiet", action="store_true")
     study.set_defaults(func=run_study_command)
 
@@ -41,7 +46,7 @@ def register(subparsers) -> None:
                                 "built-in quickstart on synthetic multi-site data.")
     run.add_argument("config", type=Path, nargs="?", default=None, help="run YAML (default: the quickstart)")
     run.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="run folder (default: %(default)s)")
-    run.add_argument("--tracking-uri", default=None, help="an MLflow server; default: sqlite store in the run folder")
+    run.add_argument("--tracking-uri", default=None, metavar="URI", help=TRACKING_HELP)
     run.add_argument("--quiet", action="store_true")
     run.set_defaults(func=run_main_command)
 
@@ -55,6 +60,7 @@ def register(subparsers) -> None:
                     "ablation_auc.png and summary.json to --out.")
     ablate.add_argument("config", type=Path, help="ablation YAML: an experiment config with an 'ablation' section")
     ablate.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<config name>)")
+    ablate.add_argument("--tracking-uri", default=None, metavar="URI", help=TRACKING_HELP)
     ablate.add_argument("--quiet", action="store_true", help="no progress bars")
     ablate.set_defaults(func=run_ablate)
 
@@ -88,7 +94,7 @@ def run_study_command(args: argparse.Namespace) -> int:
 
     config = load_study_config(args.config)
     out = args.out or Path("runs") / config.name
-    run_study(config, out, progress=not args.quiet)
+    run_study(config, out, progress=not args.quiet, tracking_uri=args.tracking_uri)
     print((out / "results.md").read_text())
     print(f"study written to {out.resolve()}")
     return 0
@@ -100,7 +106,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     out = args.out or Path("runs") / config.name
-    summary = train_and_evaluate(config, out, progress=not args.quiet)
+    summary = train_and_evaluate(config, out, progress=not args.quiet, tracking_uri=args.tracking_uri)
     _print_aggregates(summary)
     print(f"run written to {out.resolve()}")
     return 0
@@ -134,7 +140,7 @@ def run_ablate(args: argparse.Namespace) -> int:
 
     config, options = load_ablation(args.config)
     out = args.out or Path("runs") / config.name
-    result = run_ablation(config, options, out, progress=not args.quiet)
+    result = run_ablation(config, options, out, progress=not args.quiet, tracking_uri=args.tracking_uri)
     print(result.markdown)
     print(f"wall time {result.seconds:.0f} s; results written to {out.resolve()}")
     return 0

@@ -21,21 +21,37 @@ from senolab.engine.trainer import Trainer, model_from_config, pick_device
 from senolab.errors import InputError
 from senolab.evaluation import evaluate
 from senolab.paths import require_folder, writable_folder
+from senolab.tracking import RunDir, table_fingerprint, unit_metrics
 from senolab.tracking.config_guard import claim_folder
+
+UNIT = "erm"  # what `senolab train` logs: one model trained without adaptation
 
 
 def train_and_evaluate(config: ExperimentConfig, out_dir: str | Path, progress: bool = True,
-                       data: PreparedData | None = None) -> dict:
-    """Train one model and evaluate it on the test part; returns the summary dict."""
+                       data: PreparedData | None = None, tracking_uri: str | None = None) -> dict:
+    """Train one model and evaluate it on the test part; returns the summary dict.
+
+    Tracked in MLflow while it trains (a parent run for the command, a child for the
+    model with its epochs live), in the folder's own SQLite store unless ``tracking_uri``."""
     out = writable_folder(Path(out_dir).absolute(), "run folder")
     # a folder trained with another config (another split seed, say) is never resumed
     claim_folder(out, config.model_dump(), command="senolab train")
     data = data if data is not None else prepare(config.data, progress=progress)
+    run = RunDir.open_or_create(out, config.name, config.model_dump(), tracking_uri=tracking_uri,
+                                data_fingerprint=table_fingerprint(data.cohort.table), command="train")
     _write_preprocessing(out, data)
-    trainer = Trainer(config, data, out)
+    live = run.live(UNIT, tags={"method": UNIT})
+    trainer = Trainer(config, data, out, callbacks=[live])
     result = trainer.fit(progress=progress)
     table = predict(result.model, data.loader("test", config.train.batch_size), data, trainer.device)
-    return _write_evaluation(table, out, config, config.model_dump(), progress, skipped_records(data.cohort))
+    summary = _write_evaluation(table, out, config, config.model_dump(), progress, skipped_records(data.cohort))
+    if not run.is_logged(UNIT):
+        files = [out / name for name in ("predictions.parquet", "summary.json", "results.csv", "preprocessing.json",
+                                         "split.csv", "best.pt")]
+        run.log_unit(UNIT, metrics={**unit_metrics(summary["aggregates"][UNIT], None), "best_epoch": result.best_epoch},
+                     tags={"method": UNIT}, files=files, history=out / "history.csv", start_ms=live.start_ms)
+    run.finish(echo=progress)
+    return summary
 
 
 def _write_preprocessing(out: Path, data: PreparedData) -> None:

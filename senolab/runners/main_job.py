@@ -24,8 +24,8 @@ from pydantic import field_validator
 
 from senolab.engine.config import (ConfigError, DataConfig, EvaluationConfig, ExperimentConfig, HeadsConfig,
                                    ModelConfig, Strict, SyntheticOptions, TrainConfig, read_yaml_mapping, validate)
-from senolab.runners.study import (MethodSpec, PairSpec, StudyConfig, method_names_as_specs, pair_data, run_study,
-                                  study_pairs)
+from senolab.runners.study import (MethodSpec, PairSpec, StudyConfig, load_unit_model, method_names_as_specs,
+                                   run_study, study_headline)
 
 
 class RadiomicsStep(Strict):
@@ -106,13 +106,8 @@ def run_main(config: RunConfig, out_dir: str | Path, progress: bool = True) -> d
     claim_folder(out, config.model_dump(), ignore=TRACKING_KEYS, command="senolab run")
     steps = _Steps(progress)
     cohort = steps.run("cohorts", lambda: load_cohorts(config.study.base.data, progress))
-    if (out / "runs.json").exists():
-        run = RunDir.open(out)
-        if config.track:
-            run.use_tracking_uri(config.tracking_uri)
-    else:
-        run = RunDir.create(out, config.name, config.model_dump(), tracking_uri=config.tracking_uri,
-                            track=config.track, data_fingerprint=table_fingerprint(cohort.table))
+    run = RunDir.open_or_create(out, config.name, config.model_dump(), tracking_uri=config.tracking_uri,
+                                track=config.track, data_fingerprint=table_fingerprint(cohort.table), command="run")
     report = {"name": config.name, "cohorts": steps.run("describe", lambda: _describe(cohort, out))}
     study = config.study
     if config.radiomics.enabled:
@@ -121,11 +116,16 @@ def run_main(config: RunConfig, out_dir: str | Path, progress: bool = True) -> d
         study.base.data.radiomics = str(path.resolve())
     elif "radiomics" in study.base.model.fusion_options.get("modalities", []):
         raise ConfigError("the model fuses radiomics but radiomics.enabled is false")
-    steps.run("study", lambda: run_study(study, out / "study", progress=progress, cohort=cohort))
-    report["study"] = pd.read_csv(out / "study" / "results.csv")
-    report["methods"] = steps.run("evaluate, explain, track",
-                                  lambda: _per_method(study, config.explain, cohort, run, out, progress))
-    report["tracking"] = run.finish(echo=False)
+    # The study trains, evaluates and logs each unit; the main job explains each one on the
+    # way (the model in its folder, no second evaluation) and reads the rest from the folders.
+    steps.run("study, explain, track",
+              lambda: run_study(study, out / "study", progress=progress, cohort=cohort, run=run,
+                                on_unit=lambda unit: _explain_unit(study, config.explain, unit, progress)))
+    results = pd.read_csv(out / "study" / "results.csv")
+    report["study"] = results
+    report["methods"] = [_unit_report(out / "study", row) for row in results.to_dict("records")]
+    report["tracking"] = run.finish(metrics=study_headline(results), echo=False,
+                                    files=[out / "study" / name for name in ("results.csv", "summary.json")])
     report["timings"] = steps.seconds
     from senolab.runners.report import write_report
 
@@ -169,61 +169,28 @@ def _radiomics(cohort, step: RadiomicsStep, out: Path, progress: bool) -> tuple[
     return path, {"summary": features.summary()}
 
 
-def _per_method(study: StudyConfig, explain: ExplainStep, cohort, run, out: Path, progress: bool) -> list[dict]:
-    """Evaluate each (target, method, seed) on its target site, explain it, and log it to
-    the run and MLflow once."""
-    rows = []
-    for pair in study_pairs(study, sorted(cohort.table["site"].unique())):
-        data = pair_data(study, cohort, pair)
-        for spec in study.methods:
-            for seed in study.seeds:
-                rows.append(_one_method(study, explain, data, pair, spec, seed, run, out, progress))
-    return rows
-
-
-def _one_method(study: StudyConfig, explain: ExplainStep, data, pair: PairSpec, spec: MethodSpec, seed: int, run,
-                out: Path, progress: bool) -> dict:
-    from senolab.adaptation import METHODS
-    from senolab.evaluation import evaluate
+def _explain_unit(study: StudyConfig, explain: ExplainStep, unit, progress: bool) -> list[Path]:
+    """ROC and reliability of the unit's target predictions, and its attributions; the files to log."""
     from senolab.evaluation.plots import plot_reliability, plot_roc_by_site
-    from senolab.tracking.rundir import unit_name
 
-    method, transductive = spec.label, METHODS.get(spec.name).transductive
-    run_dir = out / "study" / "runs" / pair.target / method / f"seed{seed}"
-    predictions = pd.read_parquet(run_dir / "predictions.parquet")
+    predictions = pd.read_parquet(unit.folder / "predictions.parquet")
     target = predictions[predictions["domain"] == "target"].drop(columns=["domain", "label_name"])
-    evaluation = evaluate(target, n_resamples=study.base.evaluation.bootstrap, seed=study.base.evaluation.seed,
-                          progress=False)
-    unit = unit_name(method, pair.target, seed)
-    folder = run.method_dir(unit)
-    figures = folder / "figures"
+    figures = unit.folder / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     files = [plot_roc_by_site(target, figures / "roc.png"), plot_reliability(target, figures / "reliability.png")]
-    model = _trained_model(study, data, run_dir, spec)
-    explained = _explain(model, data, method, explain, folder, progress)
-    files += explained["files"]
-    if not run.is_logged(unit):
-        run.write_model(unit, model, study.base.model_dump())
-        run.log_method(method, evaluation.aggregates[method], target, transductive=transductive, files=files,
-                       target=pair.target, seed=seed)
-    return {"method": method, "target": pair.target, "seed": seed, "transductive": transductive,
-            "folder": str(run_dir), "pointing_game": explained["pointing_game"], "figures": [str(f) for f in files]}
+    model = load_unit_model(study, unit)
+    return files + _explain(model, unit.data, unit.spec.label, explain, unit.folder, progress)["files"]
 
 
-def _trained_model(study: StudyConfig, data, run_dir: Path, spec: MethodSpec):
-    """The selected checkpoint of a study run, adapted to the target as the study predicted it."""
-    from senolab.adaptation import METHODS
-    from senolab.checkpoint import load_checkpoint
-    from senolab.engine.trainer import model_from_config
-
-    model = model_from_config(study.base, data)
-    best = load_checkpoint(run_dir / "best.pt")
-    model.load_state_dict(best["model"])
-    adaptation = METHODS.build(spec.name, **spec.options)
-    if best.get("method"):
-        adaptation.load_state_dict(best["method"], strict=False)
-    target_loader = data.loader("test", study.base.train.batch_size, labelled=False)
-    return adaptation.adapt_for_inference(model, target_loader).eval()
+def _unit_report(study_dir: Path, row: dict) -> dict:
+    """What the report shows of one unit, read from its folder."""
+    folder = study_dir / "runs" / row["target_site"] / row["method"] / f"seed{row['seed']}"
+    games = folder / "explanations" / "pointing_game.csv"
+    figures = sorted((folder / "figures").glob("*.png")) + sorted((folder / "explanations").glob("*.png"))
+    return {"method": row["method"], "target": row["target_site"], "seed": row["seed"],
+            "transductive": bool(row["transductive"]), "folder": str(folder),
+            "pointing_game": pd.read_csv(games).to_dict("records") if games.exists() else [],
+            "figures": [str(f) for f in figures]}
 
 
 def _explain(model, data, method: str, step: ExplainStep, folder: Path, progress: bool) -> dict:

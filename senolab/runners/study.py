@@ -25,8 +25,10 @@ keys that differ).
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -34,15 +36,20 @@ import torch
 from pydantic import Field, model_validator
 
 from senolab.adaptation import METHODS
+from senolab.checkpoint import load_checkpoint, save_checkpoint
 from senolab.cohorts.splits import check_leakage, holdout
 from senolab.engine.config import ConfigError, ExperimentConfig, Strict, read_yaml_mapping, validate
 from senolab.engine.data import PreparedData, load_cohorts, prepare, skipped_records
 from senolab.engine.predict import predict
-from senolab.engine.trainer import Trainer
-from senolab.evaluation import POOLED, compare_methods, evaluate
+from senolab.engine.trainer import Trainer, model_from_config
+from senolab.evaluation import METRICS, POOLED, compare_methods, evaluate
+from senolab.evaluation.report import SUMMARY_FILE, WORST, json_safe, load_summary, worst_sites
 from senolab.paths import writable_folder
 from senolab.tracking.config_guard import claim_folder
+from senolab.tracking.provenance import table_fingerprint
+from senolab.tracking.rundir import RunDir, unit_name
 
+MODEL_FILE = "model.pt"
 SELECTION_METRICS = {"source_val": "val_score", "target_entropy": "target_neg_entropy", "oracle": "oracle_target_auc"}
 
 
@@ -120,30 +127,97 @@ def study_pairs(config: StudyConfig, sites: list[str]) -> list[PairSpec]:
     return config.pairs
 
 
-def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, cohort=None) -> dict:
-    """Every (target, method, seed) run of the study; ``cohort`` skips loading it again."""
+@dataclass
+class StudyUnit:
+    """One (target, method, seed) of a study: its run ``folder`` and the prepared ``data``."""
+
+    pair: PairSpec
+    spec: MethodSpec
+    seed: int
+    folder: Path
+    data: PreparedData
+
+    @property
+    def name(self) -> str:
+        return unit_name(self.spec.label, self.pair.target, self.seed)
+
+    def tags(self) -> dict[str, str]:
+        return {"method": self.spec.label, "method_name": self.spec.name, "target_site": self.pair.target,
+                "seed": str(self.seed), "transductive": str(METHODS.get(self.spec.name).transductive).lower(),
+                "source_sites": ",".join(self.pair.sources)}
+
+
+def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, cohort=None, *,
+              run: RunDir | None = None, tracking_uri: str | None = None, track: bool = True,
+              on_unit: Callable[[StudyUnit], list[Path]] | None = None) -> dict:
+    """Every (target, method, seed) run of the study; ``cohort`` skips loading it again.
+
+    Tracked in MLflow as it runs: a parent run for the study (in ``run``, the caller's run
+    directory, or one of the study folder's own) and a child per unit with its epochs live.
+    ``on_unit(unit)`` runs after a unit is trained and evaluated and before it is logged
+    (the main job explains it there) and returns files to log with it.
+    """
     out = writable_folder(Path(out_dir).absolute(), "study folder")
     claim_folder(out, config.model_dump(), "study.yaml", command="senolab study")
     cohort = cohort if cohort is not None else load_cohorts(config.base.data, progress)
+    own_run = run is None
+    if own_run:
+        run = RunDir.open_or_create(out, config.name, config.model_dump(), tracking_uri=tracking_uri, track=track,
+                                    data_fingerprint=table_fingerprint(cohort.table), command="study")
     pairs = study_pairs(config, sorted(cohort.table["site"].unique()))
-    rows, cases = [], []
+    rows, cases, per_unit = [], [], {}
     for pair in pairs:
         data = pair_data(config, cohort, pair)
         for spec in config.methods:
             for seed in config.seeds:
-                run_dir = out / "runs" / pair.target / spec.label / f"seed{seed}"
-                result = _run_once(config, data, spec, seed, run_dir, progress)
+                unit = StudyUnit(pair, spec, seed, out / "runs" / pair.target / spec.label / f"seed{seed}", data)
+                result = _run_once(config, unit, progress, callbacks=[run.live(unit.name, tags=unit.tags())])
                 rows.append(result["row"])
-                cases.append(pd.read_parquet(run_dir / "predictions.parquet"))
+                cases.append(pd.read_parquet(unit.folder / "predictions.parquet"))
+                aggregates = load_summary(unit.folder / SUMMARY_FILE)["aggregates"][spec.label]
+                per_unit.setdefault((spec.label, seed), {})[pair.target] = aggregates[pair.target]
+                if not run.is_logged(unit.name):
+                    _log_unit(run, unit, result, aggregates, on_unit)
     cases = pd.concat(cases, ignore_index=True)
     results = pd.DataFrame(rows)
     results["auc_p_vs_erm"] = paired_delong_vs_erm(results, cases)
     results.to_csv(out / "results.csv", index=False)
     (out / "results.md").write_text(results_markdown(results))
-    summary = _summary(config, results, cases, out, skipped_records(cohort))
+    summary = _summary(config, per_unit, cases, out, skipped_records(cohort))
+    files = [out / "results.csv", out / "results.md", out / SUMMARY_FILE]
     if config.embedding_figure:
-        embedding_figure(out, pairs, config)
+        files.append(embedding_figure(out, pairs, config))
+    if own_run:
+        run.finish(metrics=study_headline(results), files=files, echo=progress)
     return summary
+
+
+def _log_unit(run, unit: StudyUnit, result: dict, aggregates: dict, on_unit) -> None:
+    """A unit's MLflow child: headline metrics (target AUC with CI, in-site AUC, gap,
+    site-classifier accuracy...), its files, its epochs (history.csv) and its times."""
+    from senolab.tracking import unit_metrics
+
+    row = result["row"]
+    metrics = unit_metrics(aggregates, unit.pair.target)
+    metrics.update({k: row[k] for k in ("insite_auc", "gap_auc", "insite_dice", "gap_dice", "site_classifier_acc",
+                                        "best_epoch", "n_target") if row.get(k) is not None and np.isfinite(row[k])})
+    files = [unit.folder / name for name in ("predictions.parquet", SUMMARY_FILE, "results.csv", "embeddings.npz",
+                                             MODEL_FILE)]
+    files += on_unit(unit) if on_unit is not None else []
+    run.log_unit(unit.name, metrics=metrics, tags=unit.tags(), files=files, history=unit.folder / "history.csv",
+                 params={"method": {"name": unit.spec.name, **unit.spec.options}, "seed": unit.seed},
+                 start_ms=result.get("start_ms"))
+
+
+def study_headline(results: pd.DataFrame) -> dict[str, float]:
+    """The study's own MLflow metrics: per method, its mean and worst unseen-site AUC."""
+    metrics = {}
+    for method, rows in results.groupby("method"):
+        auc = rows["auc"].dropna()
+        if len(auc):
+            metrics[f"{method}.mean_target_auc"] = float(auc.mean())
+            metrics[f"{method}.worst_target_auc"] = float(auc.min())
+    return metrics
 
 
 def pair_data(config: StudyConfig, cohort, pair: PairSpec) -> PreparedData:
@@ -167,17 +241,20 @@ def pair_data(config: StudyConfig, cohort, pair: PairSpec) -> PreparedData:
     return data
 
 
-def _run_once(config: StudyConfig, data: PreparedData, spec: MethodSpec, seed: int, run_dir: Path,
-              progress: bool) -> dict:
-    done = run_dir / "result.json"
+def _run_once(config: StudyConfig, unit: StudyUnit, progress: bool, callbacks=()) -> dict:
+    """Train, select, adapt, predict and evaluate one unit; a unit with ``result.json`` is
+    done and read back (a half-trained one resumes from its ``last.pt``)."""
+    done = unit.folder / "result.json"
     if done.exists():
         return json.loads(done.read_text())
+    data, spec, seed, run_dir = unit.data, unit.spec, unit.seed, unit.folder
+    started = int(time.time() * 1000)
     base = config.base.model_copy(deep=True)
     base.train.seed = seed
     base.train.early_stopping.metric = SELECTION_METRICS[config.selection]
     trainer = Trainer(base, data, run_dir, method=spec.name, method_options=spec.options,
                       target_part="test" if METHODS.get(spec.name).transductive else None,
-                      selection=_selection(config.selection))
+                      selection=_selection(config.selection), callbacks=callbacks)
     trained = trainer.fit(progress=progress)
     method = trained.method
     target_loader = data.loader("test", base.train.batch_size, labelled=False)
@@ -191,10 +268,22 @@ def _run_once(config: StudyConfig, data: PreparedData, spec: MethodSpec, seed: i
     table.to_parquet(run_dir / "predictions.parquet")
     site_acc = domain_gap(_embeddings(adapted, trained.model, data, method, trainer.device, base.train.batch_size),
                           run_dir)
-    row = _result_row(table, spec.label, seed, method.transductive, config, site_acc, trained.best_epoch)
-    result = {"row": row}
+    row = _result_row(table, spec.label, seed, method.transductive, config, site_acc, trained.best_epoch, run_dir)
+    # One model file per unit: the one that predicted the target (after the method's
+    # inference-time adaptation). The trainer's resume checkpoints are spent once it is done.
+    save_checkpoint(run_dir / MODEL_FILE, model=adapted.state_dict(), config=base.model_dump(), method=spec.name)
+    result = {"row": row, "start_ms": started, "end_ms": int(time.time() * 1000)}
     done.write_text(json.dumps(result, indent=1, default=float))
+    for spent in ("last.pt", "best.pt"):
+        (run_dir / spent).unlink(missing_ok=True)
     return result
+
+
+def load_unit_model(config: StudyConfig, unit: StudyUnit) -> torch.nn.Module:
+    """The unit's model as it predicted the target site (adapted), in eval mode."""
+    model = model_from_config(config.base, unit.data)
+    model.load_state_dict(load_checkpoint(unit.folder / MODEL_FILE)["model"])
+    return model.eval()
 
 
 def _selection(rule: str):
@@ -225,10 +314,13 @@ def _selection(rule: str):
 
 
 def _result_row(table: pd.DataFrame, method: str, seed: int, transductive: bool, config: StudyConfig,
-                site_acc: float, best_epoch: int) -> dict:
+                site_acc: float, best_epoch: int, run_dir: Path) -> dict:
+    """The unit's results row; its target-site evaluation is written to ``run_dir``
+    (summary.json, results.csv) as every evaluation is."""
     target, source = table[table["domain"] == "target"], table[table["domain"] == "source"]
     ev_target = evaluate(target.drop(columns=["label_name", "domain"]), n_resamples=config.base.evaluation.bootstrap,
                          seed=config.base.evaluation.seed, progress=False)
+    ev_target.write(run_dir, {"method": method, "seed": seed, "target": str(target["site"].iloc[0])})
     ev_source = evaluate(source.assign(site="source").drop(columns=["label_name", "domain"]),
                          n_resamples=0 if config.base.evaluation.bootstrap == 0 else 200, progress=False)
     site = target["site"].iloc[0]
@@ -320,34 +412,21 @@ def _ci(row: dict, metric: str) -> str:
     return f"{row[metric]:.3f} [{row[metric + '_lo']:.3f}, {row[metric + '_hi']:.3f}]"
 
 
-def _summary(config: StudyConfig, results: pd.DataFrame, cases: pd.DataFrame, out: Path,
-             skipped: list[dict]) -> dict:
+def _summary(config: StudyConfig, per_unit: dict, cases: pd.DataFrame, out: Path, skipped: list[dict]) -> dict:
+    """summary.json of the study: per method (and seed, when there are several) the target
+    sites' aggregates as each unit's evaluation gave them, and the worst target site."""
     aggregates: dict[str, dict] = {}
-    for (method, seed), rows in results.groupby(["method", "seed"]):
+    for (method, seed), per_site in per_unit.items():
         key = method if len(config.seeds) == 1 else f"{method}/seed{seed}"
-        per_site = {r["target_site"]: {m: {"value": _plain(r.get(m)), "ci": [_plain(r.get(f"{m}_lo")),
-                                                                           _plain(r.get(f"{m}_hi"))]}
-                                       for m in ("auc", "dice") if m in r}
-                    | {"gap_auc": _plain(r.get("gap_auc")), "site_classifier_acc": _plain(r.get("site_classifier_acc")),
-                       "transductive": bool(r["transductive"])}
-                    for r in rows.to_dict("records")}
-        worst = min(per_site, key=lambda s: per_site[s]["auc"]["value"] if per_site[s]["auc"]["value"] is not None
-                    else np.inf)
-        per_site["worst_site"] = {"auc": {"site": worst, **per_site[worst]["auc"]}}
-        aggregates[key] = per_site
+        names = {name for entries in per_site.values() for name in entries}
+        metrics = [METRICS.get(name) for name in METRICS.names() if name in names]
+        aggregates[key] = {**per_site, WORST: worst_sites(per_site, metrics)}
     keep = [c for c in ("case_id", "site", "method", "seed", "domain", "label", "score", "dice", "transductive")
             if c in cases.columns]
-    summary = {"config": config.model_dump(), "aggregates": aggregates,
-               "cases": json.loads(cases[keep].to_json(orient="records")), "skipped": skipped}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_plain))
+    summary = json_safe({"config": config.model_dump(), "aggregates": aggregates,
+                         "cases": cases[keep].to_dict(orient="records"), "skipped": skipped})
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
     return summary
-
-
-def _plain(value):
-    if value is None:
-        return None
-    value = float(value)
-    return value if np.isfinite(value) else None
 
 
 def embedding_figure(out: Path, pairs: list[PairSpec], config: StudyConfig) -> Path:

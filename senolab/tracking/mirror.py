@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from senolab._optional import require
-from senolab.tracking.records import MethodRecord, RunRecord
+from senolab.tracking.records import RunRecord, epoch_metrics
 
 KEY_TAG = "senolab.key"
 COMPLETE_TAG = "senolab.complete"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EMBEDDED_DB = "mlflow.db"
 EMBEDDED_ARTIFACTS = "mlartifacts"
 
@@ -77,14 +78,18 @@ class PushCounts:
     resumed: int = 0
     skipped: int = 0
 
-    def add(self, other: "PushCounts") -> None:
-        self.created += other.created
-        self.resumed += other.resumed
-        self.skipped += other.skipped
+    def count(self, state: str) -> None:
+        """Count one run by what :meth:`MlflowMirror.push` said of it."""
+        if state == "created":
+            self.created += 1
+        elif state == "incomplete":
+            self.resumed += 1
+        else:
+            self.skipped += 1
 
 
 class MlflowMirror:
-    """Writes :class:`MethodRecord` s into one experiment of one tracking store.
+    """Writes :class:`RunRecord` s into one experiment of one tracking store, live or replayed.
 
     ``artifact_location``: where a newly created experiment keeps artifacts (the
     embedded store sets it inside the run directory; a server decides for itself).
@@ -115,33 +120,41 @@ class MlflowMirror:
     def _ensure_experiment(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment_name)
         if found is None:
-            return self.client.create_experiment(self.experiment_name, artifact_location=self.artifact_location)
+            # tagged as model training, so MLflow's UI opens its training view (not the GenAI one)
+            return self.client.create_experiment(self.experiment_name, artifact_location=self.artifact_location,
+                                                 tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
         if found.lifecycle_stage == "deleted":
             self.client.restore_experiment(found.experiment_id)
         return found.experiment_id
 
-    def push(self, method: MethodRecord, root: Path, common_tags: Mapping[str, str], timestamp_ms: int) -> PushCounts:
-        """Write one method (parent, then children) idempotently; files are read from ``root``.
+    def push(self, record: RunRecord, root: Path, common_tags: Mapping[str, str], timestamp_ms: int) -> str:
+        """Write one run idempotently (its parent must have been pushed first); files are
+        read from ``root``. Returns "created", "incomplete" (written again in place) or
+        "complete" (left alone).
 
-        ``timestamp_ms`` stamps every metric point: one fixed time per run directory, so
-        writing an incomplete run again repeats the same points instead of adding new ones.
-        The parent is marked complete only after all its children, so a complete parent
-        means a complete method.
+        Final metrics are stamped ``timestamp_ms`` (one fixed time per run directory) and
+        history points their own ``time_ms``, so writing an incomplete run again repeats
+        the same points instead of adding new ones.
         """
-        counts = PushCounts()
         with fail_fast():
-            parent_id, parent_state = self._find_or_create(method.parent, parent_id=None)
-            if parent_state == "complete":
-                counts.skipped += 1 + len(method.children)
-                return counts
-            for child in method.children:
-                child_id, state = self._find_or_create(child, parent_id=parent_id)
-                self._count(counts, state)
-                if state != "complete":
-                    self._write(child_id, child, root, common_tags, timestamp_ms)
-            self._count(counts, parent_state)
-            self._write(parent_id, method.parent, root, common_tags, timestamp_ms)
-        return counts
+            run_id, state = self._find_or_create(record)
+            if state != "complete":
+                self._write(run_id, record, root, common_tags, timestamp_ms)
+        return state
+
+    def start(self, record: RunRecord, common_tags: Mapping[str, str]) -> str:
+        """Open ``record``'s run for live logging (found again if it exists); its MLflow id."""
+        with fail_fast():
+            run_id, _ = self._find_or_create(record)
+            self._log_tags(run_id, {**common_tags, **record.tags})
+        return run_id
+
+    def log_epoch(self, run_id: str, row: Mapping[str, object]) -> None:
+        """One history row as step-numbered metric points, while the run trains."""
+        step, timestamp, values = epoch_metrics(row)
+        metrics = [self.mlflow.entities.Metric(k, v, timestamp, step) for k, v in values.items()]
+        with fail_fast():
+            self.client.log_batch(run_id, metrics=metrics)
 
     def find(self, key: str):
         """The active MLflow run tagged with ``key`` (the oldest if several), or None."""
@@ -151,24 +164,18 @@ class MlflowMirror:
         )
         return runs[0] if runs else None
 
-    @staticmethod
-    def _count(counts: PushCounts, state: str) -> None:
-        if state == "created":
-            counts.created += 1
-        elif state == "incomplete":
-            counts.resumed += 1
-        else:
-            counts.skipped += 1
-
-    def _find_or_create(self, record: RunRecord, parent_id: str | None) -> tuple[str, str]:
+    def _find_or_create(self, record: RunRecord) -> tuple[str, str]:
         existing = self.find(record.key)
         if existing is not None:
             complete = existing.data.tags.get(COMPLETE_TAG) == "true"
             return existing.info.run_id, "complete" if complete else "incomplete"
         tags = {KEY_TAG: record.key}
-        if parent_id is not None:
-            tags["mlflow.parentRunId"] = parent_id
-        run = self.client.create_run(self.experiment_id, run_name=record.name, tags=tags)
+        if record.parent is not None:
+            parent = self.find(record.parent)
+            if parent is None:
+                raise LookupError(f"parent run {record.parent} of {record.key} is not in MLflow; push it first")
+            tags["mlflow.parentRunId"] = parent.info.run_id
+        run = self.client.create_run(self.experiment_id, run_name=record.name, tags=tags, start_time=record.start_ms)
         return run.info.run_id, "created"
 
     def _write(self, run_id: str, record: RunRecord, root: Path, common_tags: Mapping[str, str],
@@ -176,19 +183,35 @@ class MlflowMirror:
         entities = self.mlflow.entities
         validation = self.mlflow.utils.validation
         params = [entities.Param(k, _clip(v, validation.MAX_PARAM_VAL_LENGTH)) for k, v in record.params.items()]
-        tags = {**common_tags, **record.tags}
-        run_tags = [entities.RunTag(k, _clip(str(v), validation.MAX_TAG_VAL_LENGTH)) for k, v in tags.items()]
-        metrics = [entities.Metric(k, v, timestamp_ms, 0) for k, v in record.metrics.items()]
+        metrics = [entities.Metric(k, v, record.end_ms or timestamp_ms, 0) for k, v in record.metrics.items()]
+        metrics += self._history(record, root)
         for chunk in _chunks(params, validation.MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(run_id, params=chunk)
-        for chunk in _chunks(run_tags, validation.MAX_PARAMS_TAGS_PER_BATCH):
-            self.client.log_batch(run_id, tags=chunk)
+        self._log_tags(run_id, {**common_tags, **record.tags})
         for chunk in _chunks(metrics, validation.MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=chunk)
         for artifact in record.artifacts:
             self._log_artifact(run_id, root / artifact.path, artifact.folder)
         self.client.set_tag(run_id, COMPLETE_TAG, "true")
-        self.client.set_terminated(run_id, "FINISHED")
+        self.client.set_terminated(run_id, "FINISHED", end_time=record.end_ms)
+
+    def _log_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        limit = self.mlflow.utils.validation.MAX_TAG_VAL_LENGTH
+        run_tags = [self.mlflow.entities.RunTag(k, _clip(str(v), limit)) for k, v in tags.items()]
+        for chunk in _chunks(run_tags, self.mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, tags=chunk)
+
+    def _history(self, record: RunRecord, root: Path) -> list:
+        """The per-epoch points of the run folder's history.csv (as logged live)."""
+        if record.history is None or not (root / record.history).is_file():
+            return []
+        import pandas as pd
+
+        points = []
+        for row in pd.read_csv(root / record.history).to_dict("records"):
+            step, timestamp, values = epoch_metrics(row)
+            points += [self.mlflow.entities.Metric(k, v, timestamp, step) for k, v in values.items()]
+        return points
 
     def _log_artifact(self, run_id: str, local: Path, folder: str) -> None:
         if not local.exists():

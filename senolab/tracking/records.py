@@ -1,12 +1,13 @@
-"""What a run directory records for MLflow: one parent run per method, one child per site.
+"""What a run directory records for MLflow: one parent run per command (a study, a
+training run, an ablation, the main job), one child run per unit of work in it.
 
-The records are plain data (JSON in the run directory's ``runs.json``), so a study can be
-replayed into any MLflow server later. Builders turn a method's evaluation aggregates
-(``summary.json`` shape, :mod:`senolab.evaluation.report`) into records:
+A unit is ``<target>/<method>/seed<k>`` in a study, ``<method>`` elsewhere. The records
+are plain data (JSON in the run directory's ``runs.json``), so a run can be replayed into
+any MLflow server later, with the same metric points, times and files:
 
-- parent (method): the pooled metrics (site ``all``), the worst-site metrics as
-  ``worst_site.<metric>`` (which site as a tag), params = the flattened config;
-- child (site): that site's metrics, tags ``cohort``, ``site``, ``scanner``;
+- a record's ``metrics`` are final values; ``history`` names a ``history.csv`` of the run
+  folder whose rows (one per epoch, with ``time_ms``) become step-numbered metric points;
+- ``start_ms`` and ``end_ms`` are the real start and end of the work;
 - every metric ``{"value": v, "ci": [lo, hi], ...}`` becomes ``<metric>``,
   ``<metric>_ci_lo`` and ``<metric>_ci_hi``.
 """
@@ -37,40 +38,28 @@ class Artifact:
 @dataclass
 class RunRecord:
     """One MLflow run: its stable ``key`` (the senolab run key it is found by), display
-    ``name``, params, metrics, tags and artifacts."""
+    ``name``, the key of its ``parent`` run (None for the command's own run), params,
+    final metrics, tags, artifacts, the run folder's per-epoch ``history`` (a relative
+    path, or None) and its start and end times (ms since the epoch; end None while it runs)."""
 
     key: str
     name: str
+    parent: str | None = None
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: list[Artifact] = field(default_factory=list)
+    history: str | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RunRecord":
-        return cls(key=data["key"], name=data["name"], params=dict(data["params"]), metrics=dict(data["metrics"]),
-                   tags=dict(data["tags"]), artifacts=[Artifact(**a) for a in data["artifacts"]])
-
-
-@dataclass
-class MethodRecord:
-    """A parent run (the method) and its children (one per site)."""
-
-    parent: RunRecord
-    children: list[RunRecord] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"parent": self.parent.to_dict(), "children": [c.to_dict() for c in self.children]}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "MethodRecord":
-        return cls(RunRecord.from_dict(data["parent"]), [RunRecord.from_dict(c) for c in data["children"]])
-
-    def keys(self) -> list[str]:
-        return [self.parent.key, *(c.key for c in self.children)]
+        fields = {**data, "artifacts": [Artifact(**a) for a in data.get("artifacts", [])]}
+        return cls(**fields)
 
 
 def slug(name: str) -> str:
@@ -136,38 +125,17 @@ def site_tags_from_predictions(predictions: pd.DataFrame) -> dict[str, dict[str,
     return tags
 
 
-def method_record(run_id: str, method: str, aggregates: Mapping[str, Any], *, params: Mapping[str, str],
-                  tags: Mapping[str, str], site_tags: Mapping[str, Mapping[str, str]],
-                  artifacts: Sequence[Artifact] = (),
-                  site_artifacts: Mapping[str, Sequence[Artifact]] | None = None,
-                  unit: str | None = None) -> MethodRecord:
-    """The records of one method from its aggregates ``{site: {metric: entry}, "worst_site": ...}``.
-
-    ``params`` and ``tags`` go to the parent and every child; ``site_tags[site]`` and
-    ``site_artifacts[site]`` to that site's child. ``unit`` (default: the method) is what
-    the parent stands for, e.g. ``site_c/erm/seed0`` in a study with several targets: it
-    makes the key and the run name, so two targets of one method never share a run.
-    """
-    site_artifacts = site_artifacts or {}
-    unit = unit or method
-    parent_key = "/".join([run_id, *(slug(part) for part in unit.split("/"))])
-    worst = aggregates.get(WORST, {})
-    parent = RunRecord(
-        key=parent_key, name=unit_display_name(unit), params=dict(params),
-        metrics={**metric_values(aggregates.get(POOLED, {})), **metric_values(worst, WORST_PREFIX)},
-        tags={**tags, "method": method, **worst_site_tags(worst)},
-        artifacts=list(artifacts),
-    )
-    children = [
-        RunRecord(
-            key=f"{parent_key}/{slug(site)}", name=f"{unit_display_name(unit)} @ {site}", params=dict(params),
-            metrics=metric_values(entries),
-            tags={**tags, "method": method, "site": site, **site_tags.get(site, {})},
-            artifacts=list(site_artifacts.get(site, [])),
-        )
-        for site, entries in aggregates.items() if site not in (POOLED, WORST)
-    ]
-    return MethodRecord(parent, children)
+def unit_metrics(aggregates: Mapping[str, Any], target: str | None) -> dict[str, float]:
+    """A unit's metrics from its aggregates ``{site: {metric: entry}, "all": ..., "worst_site": ...}``:
+    the target site's (or, without one, the pooled) metrics plain, every site's as
+    ``<site>.<metric>``, and the worst site's as ``worst_site.<metric>``."""
+    main = aggregates.get(target) if target is not None else aggregates.get(POOLED, {})
+    metrics = metric_values(main or {})
+    for site, entries in aggregates.items():
+        if site not in (POOLED, WORST):
+            metrics.update(metric_values(entries, f"{slug(site)}."))
+    metrics.update(metric_values(aggregates.get(WORST, {}), WORST_PREFIX))
+    return metrics
 
 
 def unit_display_name(unit: str) -> str:
@@ -178,3 +146,17 @@ def unit_display_name(unit: str) -> str:
     target, method, *rest = parts
     seed = f" ({rest[0].replace('seed', 'seed ')})" if rest else ""
     return f"{method} -> {target}{seed}"
+
+
+# History columns that are bookkeeping, not metrics to chart
+HISTORY_BOOKKEEPING = ("epoch", "time_ms")
+
+
+def epoch_metrics(row: Mapping[str, Any]) -> tuple[int, int, dict[str, float]]:
+    """One history row as MLflow logs it: (step, timestamp in ms, metrics). Live logging
+    and a later replay of history.csv both go through here, so they give the same points."""
+    metrics: dict[str, float] = {}
+    for name, value in row.items():
+        if name not in HISTORY_BOOKKEEPING:
+            _put(metrics, str(name), value)
+    return int(row["epoch"]), int(row["time_ms"]), metrics
