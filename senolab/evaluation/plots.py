@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
 from senolab.evaluation.classification import (
@@ -144,8 +145,9 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path, *, title: str 
             ax.plot(epochs, history[column], marker="o", ms=3, lw=1.2, label=TASK_NAMES.get(name, name))
         if selected_epoch is not None:
             ax.axvline(selected_epoch + 1, color="0.5", ls=":", lw=1, label="selected epoch")
-        ax.set(xlabel="epoch", ylabel=label)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        # whole epochs only, and room around them (a one-epoch run otherwise gets ticks at 0.96...1.04)
+        ax.set(xlabel="epoch", ylabel=label, xlim=(0.5, epochs.max() + 0.5))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
