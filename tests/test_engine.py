@@ -33,9 +33,11 @@ def test_config_errors_name_the_bad_key(tmp_path):
 
 def test_train_writes_a_complete_run(tmp_path):
     summary = train_and_evaluate(parse_config(TINY), tmp_path / "run", progress=False)
-    for name in ("config.yaml", "best.pt", "last.pt", "history.csv", "predictions.parquet", "summary.json",
-                 "results.csv", "preprocessing.json", "split.csv"):
+    for name in ("config.yaml", "history.csv", "predictions.parquet", "summary.json", "results.csv", "split.csv",
+                 "runs.json", "mlflow.db", "model/MLmodel", "model/artifacts/model.pt",
+                 "model/artifacts/preprocessing.json"):
         assert (tmp_path / "run" / name).exists(), name
+    assert not list((tmp_path / "run").glob("*.pt")), "the package holds the one copy of the model"
     assert set(summary) >= {"config", "aggregates", "cases"}
     assert "erm" in summary["aggregates"] and "worst_site" in summary["aggregates"]["erm"]
     history = pd.read_csv(tmp_path / "run" / "history.csv")

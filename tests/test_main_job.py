@@ -47,9 +47,9 @@ def test_quickstart_runs_end_to_end_and_tracks(tmp_path):
         assert children[column].notna().all(), column
 
     # a second call on the finished folder (as `make run` twice) redoes nothing and logs nothing twice
-    stamp = (out / "study" / "runs" / "site_c" / "erm" / "seed0" / "model.pt").stat().st_mtime_ns
+    stamp = (out / "study" / "runs" / "site_c" / "erm" / "seed0" / "model" / "artifacts" / "model.pt").stat().st_mtime_ns
     run_main(reduced_quickstart(), out, progress=False)
-    assert (out / "study" / "runs" / "site_c" / "erm" / "seed0" / "model.pt").stat().st_mtime_ns == stamp
+    assert (out / "study" / "runs" / "site_c" / "erm" / "seed0" / "model" / "artifacts" / "model.pt").stat().st_mtime_ns == stamp
     assert len(mlflow.search_runs(experiment_names=["quickstart"])) == 3
 
 

@@ -81,7 +81,7 @@ def test_readme_main_command_runs_reruns_and_refuses_a_changed_config(tmp_path, 
     client.delete_run(gone.info.run_id)
     client.set_tag(stuck.info.run_id, "senolab.complete", "false")
     client.update_run(stuck.info.run_id, status="RUNNING")
-    model = next(out.glob("study/runs/*/erm/seed0/model.pt"))
+    model = next(out.glob("study/runs/*/erm/seed0/model/artifacts/model.pt"))
     stamp = model.stat().st_mtime_ns
 
     again = run(command, root)

@@ -51,7 +51,7 @@ def changed(config: dict, section: str, key: str, value) -> dict:
 def test_train_refuses_a_folder_trained_with_another_split(workdir, capsys):
     assert senolab(["train", write_yaml("tiny.yaml", TINY), "--out", "runs/tiny", "--quiet"]) == 0
     split = Path("runs/tiny/split.csv").read_text()
-    best = Path("runs/tiny/best.pt").stat().st_mtime_ns
+    best = Path("runs/tiny/model/artifacts/model.pt").stat().st_mtime_ns
     capsys.readouterr()
 
     other = write_yaml("other.yaml", changed(TINY, "data.split", "seed", 1))
@@ -59,10 +59,10 @@ def test_train_refuses_a_folder_trained_with_another_split(workdir, capsys):
     error = capsys.readouterr().err
     assert "data.split.seed: 0 -> 1" in error and "another configuration" in error
     assert Path("runs/tiny/split.csv").read_text() == split  # nothing rewritten
-    assert Path("runs/tiny/best.pt").stat().st_mtime_ns == best
+    assert Path("runs/tiny/model/artifacts/model.pt").stat().st_mtime_ns == best
     # the same config resumes (a finished run: nothing retrained)
     assert senolab(["train", "tiny.yaml", "--out", "runs/tiny", "--quiet"]) == 0
-    assert Path("runs/tiny/best.pt").stat().st_mtime_ns == best
+    assert Path("runs/tiny/model/artifacts/model.pt").stat().st_mtime_ns == best
 
 
 def test_study_refuses_a_folder_of_another_lr(workdir, capsys):

@@ -38,11 +38,11 @@ def test_study_writes_results_per_method_and_target_and_resumes(tmp_path):
     assert paired.loc["erm"].isna().all() and paired.loc["dann"].between(0, 1).all()
     # kill one run's result (as if the study stopped there): only that run is redone
     finished = out / "runs" / "site_a" / "erm" / "seed0"
-    stamp = (finished / "model.pt").stat().st_mtime_ns
+    stamp = (finished / "model" / "artifacts" / "model.pt").stat().st_mtime_ns
     redo = out / "runs" / "site_b" / "dann" / "seed0"
     (redo / "result.json").unlink()
     assert main(["study", str(path), "--out", str(out), "--quiet"]) == 0
-    assert (finished / "model.pt").stat().st_mtime_ns == stamp
+    assert (finished / "model" / "artifacts" / "model.pt").stat().st_mtime_ns == stamp
     assert (redo / "result.json").exists()
     again = pd.read_csv(out / "results.csv")
     pd.testing.assert_frame_equal(again.drop(columns=["site_classifier_acc"]),

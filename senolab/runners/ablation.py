@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from senolab.engine.config import ConfigError, ExperimentConfig, merge_overrides, parse_config, read_yaml_mapping, validate
 from senolab.fusion.base import FUSIONS, fusion_options
+from senolab.runners.packaged import save_package
 from senolab.tracking.records import slug
 from senolab.tracking.rundir import unit_name
 
@@ -234,7 +236,8 @@ class Tracked:
             return
         metrics = {f"{slug(name)}.fold_auc": auc for name, table in zip(names, tables)
                    if (auc := _fold_auc(table)) is not None}
-        files = [p for p in sorted(run_dir.glob("*.parquet")) + [run_dir / "history.csv"] if p.exists()]
+        files = [p for p in sorted(run_dir.glob("*.parquet")) + [run_dir / "history.csv", run_dir / "model"]
+                 if p.exists()]
         self.run.log_unit(self.unit, metrics=metrics, tags=self.tags, files=files, history=run_dir / "history.csv",
                           start_ms=start_ms)
 
@@ -307,6 +310,8 @@ def _run_variant(config: ExperimentConfig, data, run_dir: Path, progress: bool, 
               for source in (data, without_tabular)[: len(products)]]
     for table, path in zip(tables, products):
         table.to_parquet(path)
+    shutil.rmtree(run_dir / "model", ignore_errors=True)  # a package of another config's run
+    save_package(run_dir / "model", model, config, data)
     _stamp(run_dir, config)
     tracked.log(run_dir, tables, [p.stem for p in products], start_ms)
     return tables

@@ -1,10 +1,12 @@
 """One model end to end: prepare data, train, predict the test part, evaluate, write the run.
 
-The run directory is complete on its own (docs/contracts.md#run-folder): ``config.yaml``, ``best.pt`` and
-``last.pt``, ``history.csv`` (losses, validation metrics and per-task loss weights per
-epoch), ``predictions.parquet`` (one row per test case), ``summary.json`` and
-``results.csv``, and ``preprocessing.json`` (what was fitted on the training part, so
-``senolab evaluate`` can apply the model to another cohort).
+The run directory is complete on its own (docs/contracts.md#run-folder): ``config.yaml``,
+``history.csv`` (losses, validation metrics and per-task loss weights per epoch),
+``split.csv``, ``model/`` (the trained model with its preprocessing, an MLflow pyfunc
+model: :mod:`senolab.runners.packaged`), ``predictions.parquet`` (one row per test case),
+``summary.json`` and ``results.csv``, and ``runs.json`` with the embedded MLflow store.
+A finished folder is reused as it is (``model/`` marks it done); a half-trained one
+resumes from the trainer's ``last.pt``, which is removed once the model is packaged.
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ from senolab.cohorts.readers import read_cohort
 from senolab.engine.config import ExperimentConfig
 from senolab.engine.data import PreparedData, prepare, say_skipped, skipped_records
 from senolab.engine.predict import predict
-from senolab.engine.trainer import Trainer, model_from_config, pick_device
+from senolab.engine.trainer import Trainer, pick_device
 from senolab.errors import InputError
 from senolab.evaluation import evaluate
 from senolab.paths import require_folder, writable_folder
+from senolab.runners.packaged import PREPROCESSING, load_packaged_model, restored_data, save_package
 from senolab.tracking import RunDir, table_fingerprint, unit_metrics
 from senolab.tracking.config_guard import claim_folder
 
@@ -39,56 +42,51 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str | Path, progress: 
     data = data if data is not None else prepare(config.data, progress=progress)
     run = RunDir.open_or_create(out, config.name, config.model_dump(), tracking_uri=tracking_uri,
                                 data_fingerprint=table_fingerprint(data.cohort.table), command="train")
-    _write_preprocessing(out, data)
+    data.parts.to_frame().to_csv(out / "split.csv", index_label="case_id")
     live = run.live(UNIT, tags={"method": UNIT})
-    trainer = Trainer(config, data, out, callbacks=[live])
-    result = trainer.fit(progress=progress)
-    table = predict(result.model, data.loader("test", config.train.batch_size), data, trainer.device)
+    model, best_epoch = _trained(config, data, out, live, progress)
+    table = predict(model, data.loader("test", config.train.batch_size), data, pick_device(config.train.device))
     summary = _write_evaluation(table, out, config, config.model_dump(), progress, skipped_records(data.cohort))
     if not run.is_logged(UNIT):
-        files = [out / name for name in ("predictions.parquet", "summary.json", "results.csv", "preprocessing.json",
-                                         "split.csv", "best.pt")]
-        run.log_unit(UNIT, metrics={**unit_metrics(summary["aggregates"][UNIT], None), "best_epoch": result.best_epoch},
-                     tags={"method": UNIT}, files=files, history=out / "history.csv", start_ms=live.start_ms)
+        metrics = unit_metrics(summary["aggregates"][UNIT], None)
+        if best_epoch is not None:
+            metrics["best_epoch"] = best_epoch
+        files = [out / name for name in ("predictions.parquet", "summary.json", "results.csv", "split.csv", "model")]
+        run.log_unit(UNIT, metrics=metrics, tags={"method": UNIT}, files=files, history=out / "history.csv",
+                     start_ms=live.start_ms)
     run.finish(echo=progress)
     return summary
 
 
-def _write_preprocessing(out: Path, data: PreparedData) -> None:
-    state = {"classes": list(data.classes), "sites": data.sites, "image_size": data.image_size,
-             "parts": data.parts.value_counts().to_dict()}
-    if data.metadata is not None:
-        state["metadata"] = {
-            "columns": [{"name": c.name, "kind": c.kind.value, "levels": list(c.levels), "outcome": c.outcome}
-                        for c in data.metadata.columns.values()],
-            "opted_in": data.metadata.opted_in,
-            "mean": data.metadata.mean_.tolist(), "scale": data.metadata.scale_.tolist()}
-    (out / "preprocessing.json").write_text(json.dumps(state, indent=1))
-    data.parts.to_frame().to_csv(out / "split.csv", index_label="case_id")
+def _trained(config: ExperimentConfig, data: PreparedData, out: Path, live, progress: bool):
+    """The packaged model of a finished folder, or train (resuming) and package it.
+    Returns the model and its best epoch (None when it was trained earlier)."""
+    package = out / "model"
+    if package.is_dir():
+        return load_packaged_model(package, data), None
+    result = Trainer(config, data, out, callbacks=[live]).fit(progress=progress)
+    save_package(package, result.model, config, data)
+    for spent in ("last.pt", "best.pt"):  # the package holds the one copy of the model
+        (out / spent).unlink(missing_ok=True)
+    return result.model, result.best_epoch
 
 
 def evaluate_run(run_dir: str | Path, root: str | Path, out_dir: str | Path, progress: bool = True) -> dict:
     """Apply a trained run to every case of the cohort at ``root`` (none of it trained on)."""
-    import torch
-
     from senolab.engine.config import load_config
-    from senolab.checkpoint import load_checkpoint
 
     run_dir, out = require_folder(run_dir, "training run folder"), Path(out_dir)
-    for name in ("config.yaml", "preprocessing.json", "best.pt"):
-        if not (run_dir / name).is_file():
+    for name in ("config.yaml", "model"):
+        if not (run_dir / name).exists():
             raise InputError(f"{run_dir}: not a finished `senolab train` run (no {name})")
     config = load_config(run_dir / "config.yaml")
-    state = json.loads((run_dir / "preprocessing.json").read_text())
+    state = json.loads((run_dir / "model" / "artifacts" / PREPROCESSING).read_text())
     writable_folder(out, "evaluation folder")
     cohort = read_cohort(root, strict=config.data.strict)
     say_skipped(cohort)
-    parts = pd.Series("test", index=cohort.table["case_id"].values, name="part")
-    data = PreparedData(cohort, parts, tuple(state["classes"]), _restored_metadata(state.get("metadata")), None,
-                        state["sites"], state["image_size"], augment=False)
+    data = restored_data(state, cohort)
     device = pick_device(config.train.device)
-    model = model_from_config(config, data).to(device)
-    model.load_state_dict(load_checkpoint(run_dir / "best.pt", device)["model"])
+    model = load_packaged_model(run_dir / "model", data).to(device)
     table = predict(model, data.loader("test", config.train.batch_size), data, device)
     return _write_evaluation(table, out, config, {**config.model_dump(), "evaluated_on": str(root),
                                                   "trained_run": str(run_dir)}, progress, skipped_records(cohort))
@@ -107,18 +105,3 @@ def _write_evaluation(table: pd.DataFrame, out: Path, config: ExperimentConfig, 
     summary["skipped"] = skipped
     paths["summary"].write_text(json.dumps(summary, indent=1) + "\n")
     return summary
-
-
-def _restored_metadata(state: dict | None):
-    """The training run's metadata encoder; a cohort lacking a field gets it as missing."""
-    import numpy as np
-
-    from senolab.cohorts.schema import Column, Kind
-    from senolab.cohorts.tabular import MetadataEncoder
-
-    if state is None:
-        return None
-    columns = {c["name"]: Column(c["name"], Kind(c["kind"]), tuple(c["levels"]), c["outcome"]) for c in state["columns"]}
-    encoder = MetadataEncoder(columns, list(columns), opt_in=state["opted_in"])
-    encoder.mean_, encoder.scale_ = np.array(state["mean"]), np.array(state["scale"])
-    return encoder

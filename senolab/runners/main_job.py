@@ -178,7 +178,7 @@ def _explain_unit(study: StudyConfig, explain: ExplainStep, unit, progress: bool
     figures = unit.folder / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     files = [plot_roc_by_site(target, figures / "roc.png"), plot_reliability(target, figures / "reliability.png")]
-    model = load_unit_model(study, unit)
+    model = load_unit_model(unit)
     return files + _explain(model, unit.data, unit.spec.label, explain, unit.folder, progress)["files"]
 
 
@@ -203,7 +203,8 @@ def _explain(model, data, method: str, step: ExplainStep, folder: Path, progress
                                       max_cases=step.max_cases, progress=progress)
         game = pointing_game(explanations).assign(explainer=name)
         games.append(game)
-        grids = cohort_case_grids(explanations, folder / "explanations", prefix=name)
+        grids = cohort_case_grids(explanations, folder / "explanations", prefix=name, method=method,
+                                  max_cases=step.max_cases)
         files += list(grids.values())
     table = pd.concat(games, ignore_index=True)
     path = folder / "explanations" / "pointing_game.csv"

@@ -287,7 +287,10 @@ def _explanation_caption(figure: Path, unit: Unit) -> str:
 
 
 def _training_curves(unit: Unit) -> Path | None:
-    """The unit's training curves, drawn into its figures folder (the main job does not draw them)."""
+    """The unit's training curves: drawn by the study (and logged with the unit), or drawn
+    here for a folder that lacks them."""
+    if (unit.folder / "figures" / CURVES_FILE).exists():
+        return unit.folder / "figures" / CURVES_FILE
     if unit.history is None or unit.history.empty:
         return None
     return plot_training_curves(unit.history, unit.folder / "figures" / CURVES_FILE,

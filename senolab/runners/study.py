@@ -25,6 +25,7 @@ keys that differ).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,20 +37,22 @@ import torch
 from pydantic import Field, model_validator
 
 from senolab.adaptation import METHODS
-from senolab.checkpoint import load_checkpoint, save_checkpoint
 from senolab.cohorts.splits import check_leakage, holdout
 from senolab.engine.config import ConfigError, ExperimentConfig, Strict, read_yaml_mapping, validate
 from senolab.engine.data import PreparedData, load_cohorts, prepare, skipped_records
 from senolab.engine.predict import predict
-from senolab.engine.trainer import Trainer, model_from_config
+from senolab.engine.trainer import Trainer
 from senolab.evaluation import METRICS, POOLED, compare_methods, evaluate
+from senolab.evaluation.plots import plot_training_curves
 from senolab.evaluation.report import SUMMARY_FILE, WORST, json_safe, load_summary, worst_sites
 from senolab.paths import writable_folder
+from senolab.runners.packaged import load_packaged_model, save_package
 from senolab.tracking.config_guard import claim_folder
 from senolab.tracking.provenance import table_fingerprint
 from senolab.tracking.rundir import RunDir, unit_name
 
-MODEL_FILE = "model.pt"
+CURVES_FILE = "training_curves.png"
+PACKAGE = "model"  # the unit's model with its preprocessing (senolab.runners.packaged)
 SELECTION_METRICS = {"source_val": "val_score", "target_entropy": "target_neg_entropy", "oracle": "oracle_target_auc"}
 
 
@@ -202,7 +205,10 @@ def _log_unit(run, unit: StudyUnit, result: dict, aggregates: dict, on_unit) -> 
     metrics.update({k: row[k] for k in ("insite_auc", "gap_auc", "insite_dice", "gap_dice", "site_classifier_acc",
                                         "best_epoch", "n_target") if row.get(k) is not None and np.isfinite(row[k])})
     files = [unit.folder / name for name in ("predictions.parquet", SUMMARY_FILE, "results.csv", "embeddings.npz",
-                                             MODEL_FILE)]
+                                             PACKAGE)]
+    files.append(plot_training_curves(pd.read_csv(unit.folder / "history.csv"), unit.folder / "figures" / CURVES_FILE,
+                                      title=f"{unit.spec.label} -> {unit.pair.target}: training",
+                                      selected_epoch=int(row["best_epoch"])))
     files += on_unit(unit) if on_unit is not None else []
     run.log_unit(unit.name, metrics=metrics, tags=unit.tags(), files=files, history=unit.folder / "history.csv",
                  params={"method": {"name": unit.spec.name, **unit.spec.options}, "seed": unit.seed},
@@ -271,7 +277,8 @@ def _run_once(config: StudyConfig, unit: StudyUnit, progress: bool, callbacks=()
     row = _result_row(table, spec.label, seed, method.transductive, config, site_acc, trained.best_epoch, run_dir)
     # One model file per unit: the one that predicted the target (after the method's
     # inference-time adaptation). The trainer's resume checkpoints are spent once it is done.
-    save_checkpoint(run_dir / MODEL_FILE, model=adapted.state_dict(), config=base.model_dump(), method=spec.name)
+    shutil.rmtree(run_dir / PACKAGE, ignore_errors=True)  # left by a run stopped before it was done
+    save_package(run_dir / PACKAGE, adapted, base, data)
     result = {"row": row, "start_ms": started, "end_ms": int(time.time() * 1000)}
     done.write_text(json.dumps(result, indent=1, default=float))
     for spent in ("last.pt", "best.pt"):
@@ -279,11 +286,9 @@ def _run_once(config: StudyConfig, unit: StudyUnit, progress: bool, callbacks=()
     return result
 
 
-def load_unit_model(config: StudyConfig, unit: StudyUnit) -> torch.nn.Module:
+def load_unit_model(unit: StudyUnit) -> torch.nn.Module:
     """The unit's model as it predicted the target site (adapted), in eval mode."""
-    model = model_from_config(config.base, unit.data)
-    model.load_state_dict(load_checkpoint(unit.folder / MODEL_FILE)["model"])
-    return model.eval()
+    return load_packaged_model(unit.folder / PACKAGE, unit.data)
 
 
 def _selection(rule: str):

@@ -1,0 +1,223 @@
+"""A trained model packaged with its preprocessing, loadable by anyone with MLflow.
+
+:func:`save_package` writes an MLflow pyfunc model folder (``MLmodel``, environment files,
+``artifacts/model.pt`` — the weights and the config that builds the model — and
+``artifacts/preprocessing.json`` — classes, letterbox size, site names, the metadata
+encoder fitted on the training part and the radiomics columns). The run folder keeps it
+and MLflow receives the same folder, so::
+
+    model = mlflow.pyfunc.load_model("runs:/<run id>/model")   # or the folder's path
+    model.predict(pandas.DataFrame({"image": ["case1.png", "case2.png"]}))
+
+returns, per image, the class probabilities (``prob_<class>``), the malignancy ``score``,
+the predicted ``mask`` (0/1, at the model's letterboxed input size) and ``bbox``
+(normalised x0, y0, x1, y1) where the model has those heads. ``image`` is a file path or a
+base64-encoded PNG/JPEG (as a JSON request to a served model carries it). Metadata columns
+the model fuses may be given by name; absent ones are masked as missing, as in training,
+and so are radiomics (they are not computed from a raw image here).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from senolab.checkpoint import load_checkpoint, save_checkpoint
+from senolab.engine.config import ExperimentConfig
+from senolab.engine.data import PreparedData
+
+WEIGHTS, PREPROCESSING = "model.pt", "preprocessing.json"
+INPUT_SITE = "input"  # the site of images given to a packaged model (not one it trained on)
+
+
+# ----------------------------------------------------------------------------- preprocessing
+def preprocessing_state(data: PreparedData) -> dict:
+    """What was fitted or fixed on the training part, as plain JSON."""
+    state = {"classes": list(data.classes), "sites": data.sites, "image_size": data.image_size,
+             "radiomics_columns": list(data.radiomics.columns) if data.radiomics is not None else None}
+    if data.metadata is not None:
+        state["metadata"] = {
+            "columns": [{"name": c.name, "kind": c.kind.value, "levels": list(c.levels), "outcome": c.outcome}
+                        for c in data.metadata.columns.values()],
+            "opted_in": data.metadata.opted_in,
+            "mean": data.metadata.mean_.tolist(), "scale": data.metadata.scale_.tolist()}
+    return state
+
+
+def restored_data(state: dict, cohort) -> PreparedData:
+    """``cohort`` (every case a test case) prepared exactly as the training data was."""
+    parts = pd.Series("test", index=cohort.table["case_id"].values, name="part")
+    columns = state.get("radiomics_columns")
+    radiomics = pd.DataFrame(columns=columns, dtype=np.float32) if columns else None  # absent: masked as missing
+    return PreparedData(cohort, parts, tuple(state["classes"]), restored_metadata(state.get("metadata")), radiomics,
+                        state["sites"], state["image_size"], augment=False)
+
+
+def restored_metadata(state: dict | None):
+    """The training run's metadata encoder; a cohort lacking a field gets it as missing."""
+    from senolab.cohorts.schema import Column, Kind
+    from senolab.cohorts.tabular import MetadataEncoder
+
+    if state is None:
+        return None
+    columns = {c["name"]: Column(c["name"], Kind(c["kind"]), tuple(c["levels"]), c["outcome"]) for c in state["columns"]}
+    encoder = MetadataEncoder(columns, list(columns), opt_in=state["opted_in"])
+    encoder.mean_, encoder.scale_ = np.array(state["mean"]), np.array(state["scale"])
+    return encoder
+
+
+# ----------------------------------------------------------------------------- the package
+def save_package(folder: str | Path, model: torch.nn.Module, config: ExperimentConfig, data: PreparedData) -> Path:
+    """Write ``folder`` (must not exist) as an MLflow pyfunc model; returns it."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    folder = Path(folder)
+    state = preprocessing_state(data)
+    with tempfile.TemporaryDirectory(prefix="senolab-package-") as tmp:
+        weights = save_checkpoint(Path(tmp) / WEIGHTS, model=model.state_dict(), config=config.model_dump())
+        (Path(tmp) / PREPROCESSING).write_text(json.dumps(state, indent=1))
+        inputs = [ColSpec("string", "image")] + [ColSpec("string", c["name"], required=False)
+                                                  for c in state.get("metadata", {}).get("columns", [])]
+        mlflow.pyfunc.save_model(
+            folder, python_model=PackagedModel(),
+            artifacts={"weights": str(weights), "preprocessing": str(Path(tmp) / PREPROCESSING)},
+            signature=ModelSignature(inputs=Schema(inputs)),
+            pip_requirements=_requirements(),  # given, so MLflow does not probe the environment
+        )
+    return folder
+
+
+def package_weights(folder: str | Path) -> Path:
+    """The weights file inside a package (the one copy a run folder keeps)."""
+    return Path(folder) / "artifacts" / WEIGHTS
+
+
+def load_packaged_model(folder: str | Path, data: PreparedData) -> torch.nn.Module:
+    """The package's torch model, sized for ``data``, in eval mode (no MLflow needed)."""
+    from senolab.engine.trainer import model_from_config
+
+    state = load_checkpoint(package_weights(folder))
+    model = model_from_config(ExperimentConfig.model_validate(state["config"]), data)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("senolab", "torch", "mlflow", "pandas", "pillow")]
+
+
+try:  # the class MLflow instantiates on load; defined only where MLflow is installed
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover - senolab[tracking] missing
+    PythonModel = object
+
+
+class PackagedModel(PythonModel):
+    """The pyfunc face of a packaged senolab model (module docstring)."""
+
+    def load_context(self, context) -> None:
+        self.state = json.loads(Path(context.artifacts["preprocessing"]).read_text())
+        checkpoint = load_checkpoint(context.artifacts["weights"])
+        self.config = ExperimentConfig.model_validate(checkpoint["config"])
+        self.weights = checkpoint["model"]
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from senolab.engine.trainer import model_from_config
+
+        data = restored_data(self.state, _input_cohort(model_input, self.state))
+        model = model_from_config(self.config, data)
+        model.load_state_dict(self.weights)
+        model.eval()
+        rows = []
+        with torch.no_grad():
+            for batch in data.loader("test", self.config.train.batch_size):
+                rows += _output_rows(model(batch), data.classes)
+        return pd.DataFrame(rows)
+
+
+def _output_rows(out: dict, classes: tuple[str, ...]) -> list[dict]:
+    probs = torch.softmax(out["logits"], 1).numpy() if "logits" in out else None
+    masks = (out["seg_logits"] > 0).numpy()[:, 0].astype(np.uint8) if "seg_logits" in out else None
+    boxes = out["bbox"].numpy() if "bbox" in out else None
+    n = next(len(v) for v in (probs, masks, boxes) if v is not None)
+    rows = []
+    for i in range(n):
+        row = {}
+        if probs is not None:
+            row.update({f"prob_{c}": float(p) for c, p in zip(classes, probs[i])})
+            row["score"] = float(probs[i][classes.index("malignant")])
+        if masks is not None:
+            row["mask"] = masks[i].tolist()
+        if boxes is not None:
+            row["bbox"] = [float(v) for v in boxes[i]]
+        rows.append(row)
+    return rows
+
+
+def _input_cohort(frame: pd.DataFrame, state: dict):
+    """The input rows as an in-memory cohort: images decoded, declared metadata typed."""
+    from senolab.cohorts.schema import Cohort, Column, Kind
+    from senolab.errors import InputError
+
+    if "image" not in frame.columns:
+        raise InputError(f"the input needs an 'image' column (a path or base64 PNG/JPEG); got {list(frame.columns)}")
+    declared = {c["name"]: Column(c["name"], Kind(c["kind"]), tuple(c["levels"]), c["outcome"])
+                for c in state.get("metadata", {}).get("columns", [])}
+    rows, arrays = [], {}
+    for i, value in enumerate(frame["image"]):
+        case_id = f"{INPUT_SITE}/{i}"
+        image = _decoded(value, i)
+        arrays[case_id] = (image, [])
+        rows.append({"case_id": case_id, "patient_id": case_id, "cohort": INPUT_SITE, "site": INPUT_SITE,
+                     "scanner": "unknown", "image_path": None, "mask_paths": [], "other_mask_paths": [],
+                     "label": "normal", "pixel_spacing_mm": float("nan"), "width": image.shape[1],
+                     "height": image.shape[0], "lesion_bboxes": []})
+    table = pd.DataFrame(rows)
+    for name, column in declared.items():
+        table[name] = _typed(frame[name] if name in frame.columns else pd.Series([None] * len(frame)), column)
+    return Cohort(INPUT_SITE, table, declared, {}, [], None, arrays).validate()
+
+
+def _decoded(value, row: int) -> np.ndarray:
+    """A grayscale uint8 image from a path or base64 PNG/JPEG."""
+    from PIL import Image
+
+    from senolab.cohorts.imaging import load_gray
+    from senolab.errors import InputError
+
+    text = str(value)
+    if _is_file(text):
+        return load_gray(text)
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(text, validate=True))) as image:
+            return np.asarray(image.convert("L"), dtype=np.uint8)
+    except Exception:  # noqa: BLE001 - anything not decodable is the same user error
+        raise InputError(f"row {row}, column 'image': neither an image file nor a base64 PNG/JPEG") from None
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except OSError:  # a base64 string is no valid path (too long a name)
+        return False
+
+
+def _typed(values: pd.Series, column) -> pd.Series:
+    """Metadata as the model's encoder expects it: numbers for numeric columns, else text."""
+    from senolab.cohorts.schema import Kind
+
+    if column.kind is Kind.NUMERIC:
+        return pd.to_numeric(values, errors="coerce").astype(float)
+    if column.kind is Kind.MULTI:
+        return values.map(lambda v: sorted(str(v).split("|")) if isinstance(v, str) and v else None)
+    return values.map(lambda v: v if isinstance(v, str) and v in column.levels else None)
