@@ -321,3 +321,117 @@ def test_relative_run_folder_and_tracking_uri(tmp_path, monkeypatch):
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'store.db'}")
     assert len(client.search_runs([client.get_experiment_by_name("relative").experiment_id])) == 2
     assert RunDir.open(tmp_path / "runs" / "rel").tracking["uri"] == f"sqlite:///{tmp_path / 'store.db'}"
+
+
+# ------------------------------------------------------------- the commands against a real server
+TINY_TRAIN = {
+    "data": {"cohorts": ["synthetic"], "synthetic": {"n_sites": 2, "images_per_site": 16, "image_size": 64},
+             "image_size": 32},
+    "model": {"heads": {"classification": True, "segmentation": True, "bbox": True}},
+    "train": {"epochs": 3, "batch_size": 8, "early_stopping": {"patience": 5}},
+    "evaluation": {"bootstrap": 10},
+}
+
+
+class RunWatcher:
+    """Polls the server from another thread while a command trains: what MLflow showed."""
+
+    def __init__(self, uri: str, experiment: str):
+        import threading
+
+        self.client, self.experiment = mlflow.tracking.MlflowClient(uri), experiment
+        self.seen: list[tuple[str, int]] = []  # (status, epochs logged) of the unit's run
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _poll(self):
+        while not self._stop.wait(0.2):
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                continue
+            for run in self.client.search_runs([found.experiment_id], "tags.method = 'erm'"):
+                self.seen.append((run.info.status, len(self.client.get_metric_history(run.info.run_id, "loss"))))
+
+
+def synthetic_pngs(n: int) -> list[str]:
+    """A few synthetic ultrasound images as base64 PNGs, as a served model receives them."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from senolab.cohorts.synthetic import SyntheticConfig, generate
+
+    cohort = generate(SyntheticConfig(images_per_site=4, image_size=64))
+    pngs = []
+    for case_id in cohort.table["case_id"][:n]:
+        buffer = io.BytesIO()
+        Image.fromarray(cohort.arrays[case_id][0]).save(buffer, format="PNG")
+        pngs.append(base64.b64encode(buffer.getvalue()).decode())
+    return pngs
+
+
+def test_train_is_tracked_live_and_its_model_loads_with_pyfunc(server, tmp_path, tracking_uri, one_torch_thread):
+    from senolab.engine.config import parse_config
+    from senolab.runners.experiment import train_and_evaluate
+
+    name = f"train-{uuid.uuid4().hex[:6]}"
+    began = time.time()
+    with RunWatcher(server.uri, name) as watcher:
+        train_and_evaluate(parse_config({**TINY_TRAIN, "name": name}), tmp_path / "run", progress=False,
+                           tracking_uri=server.uri)
+    wall = time.time() - began
+    assert any(status == "RUNNING" and epochs >= 1 for status, epochs in watcher.seen), watcher.seen[-5:]
+
+    client = mlflow.tracking.MlflowClient(server.uri)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    unit = next(r for r in runs if r.data.tags.get("method") == "erm")
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert unit.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert [p.step for p in client.get_metric_history(unit.info.run_id, "loss")] == [0, 1, 2]
+    for run in (unit, parent):  # real durations, within the command's wall time
+        assert 0 < (run.info.end_time - run.info.start_time) / 1000 <= wall + 1
+    tracking_uri(server.uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{unit.info.run_id}/model")
+    out = model.predict(pd.DataFrame({"image": synthetic_pngs(3)}))
+    assert len(out) == 3 and np.allclose(out[["prob_benign", "prob_malignant"]].sum(1), 1)
+    assert np.asarray(out["mask"][0]).shape == (32, 32) and len(out["bbox"][0]) == 4
+
+
+def test_study_and_ablation_produce_their_parent_and_child_runs(server, tmp_path, one_torch_thread):
+    import yaml
+
+    from conftest import REPO
+
+    name = f"study-{uuid.uuid4().hex[:6]}"
+    study = {"name": name, "base": TINY_TRAIN, "protocol": "pairwise",
+             "pairs": [{"sources": ["site_a"], "target": "site_b"}], "methods": ["erm", "dann"],
+             "embedding_figure": False}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    assert senolab_main(["study", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "study"), "--quiet",
+                         "--tracking-uri", server.uri]) == 0
+    ablation = yaml.safe_load((REPO / "tests" / "test_fusion.py").read_text().split('TINY_ABLATION = """')[1]
+                              .split('"""')[0])
+    ablation["name"] = f"ablation-{uuid.uuid4().hex[:6]}"
+    (tmp_path / "ablation.yaml").write_text(yaml.safe_dump(ablation))
+    assert senolab_main(["fusion", "ablate", str(tmp_path / "ablation.yaml"), "--out", str(tmp_path / "ablation"),
+                         "--quiet", "--tracking-uri", server.uri]) == 0
+
+    client = mlflow.tracking.MlflowClient(server.uri)
+    for experiment, children in ((name, {"erm -> site_b (seed 0)", "dann -> site_b (seed 0)"}),
+                                 (ablation["name"], {f"{v} -> fold{k}" for k in (0, 1)
+                                                     for v in ("pretrained_image", "image_only", "graph+metadata")})):
+        runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        kids = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+        assert kids == children
+        assert all(r.info.status == "FINISHED" and r.data.metrics for r in runs)
