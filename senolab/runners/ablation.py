@@ -239,7 +239,7 @@ class Tracked:
         files = [p for p in sorted(run_dir.glob("*.parquet")) + [run_dir / "history.csv", run_dir / "model"]
                  if p.exists()]
         self.run.log_unit(self.unit, metrics=metrics, tags=self.tags, files=files, history=run_dir / "history.csv",
-                          start_ms=start_ms)
+                          start_ms=start_ms, folder=run_dir)
 
 
 def _fold_auc(table: pd.DataFrame) -> float | None:

@@ -145,7 +145,10 @@ class StudyUnit:
         return unit_name(self.spec.label, self.pair.target, self.seed)
 
     def tags(self) -> dict[str, str]:
+        table = self.data.cohort.table
+        cohorts = ",".join(sorted(table.loc[table["site"] == self.pair.target, "cohort"].astype(str).unique()))
         return {"method": self.spec.label, "method_name": self.spec.name, "target_site": self.pair.target,
+                "cohort": cohorts,
                 "seed": str(self.seed), "transductive": str(METHODS.get(self.spec.name).transductive).lower(),
                 "source_sites": ",".join(self.pair.sources)}
 
@@ -212,7 +215,7 @@ def _log_unit(run, unit: StudyUnit, result: dict, aggregates: dict, on_unit) -> 
     files += on_unit(unit) if on_unit is not None else []
     run.log_unit(unit.name, metrics=metrics, tags=unit.tags(), files=files, history=unit.folder / "history.csv",
                  params={"method": {"name": unit.spec.name, **unit.spec.options}, "seed": unit.seed},
-                 start_ms=result.get("start_ms"))
+                 start_ms=result.get("start_ms"), folder=unit.folder)
 
 
 def study_headline(results: pd.DataFrame) -> dict[str, float]:

@@ -218,15 +218,18 @@ class RunDir:
 
     def log_unit(self, unit: str, *, metrics: Mapping[str, float], tags: Mapping[str, str] | None = None,
                  params: Mapping[str, Any] | None = None, files: Sequence[str | Path | tuple[str | Path, str]] = (),
-                 history: str | Path | None = None, start_ms: int | None = None) -> RunRecord:
+                 history: str | Path | None = None, start_ms: int | None = None,
+                 folder: str | Path | None = None) -> RunRecord:
         """Record a finished unit and push it: final ``metrics``, ``tags``, ``params`` (the
         unit's own options, next to the command's config), ``files`` (paths, or (path,
         MLflow folder) pairs; a folder such as an MLflow ``model/`` goes up whole) and its
-        ``history.csv``, all inside the run directory."""
+        ``history.csv``, all inside the run directory. Files under the unit's ``folder``
+        keep their place below it in MLflow (``figures/roc.png``)."""
         record = self._unit_record(unit, tags or {})
         record.params = {**flatten_params(self.config), **flatten_params(dict(params or {}))}
         record.metrics = dict(metrics)
-        record.artifacts = [self._artifact(*f) if isinstance(f, tuple) else self._artifact(f) for f in files]
+        record.artifacts = [self._artifact(*f) if isinstance(f, tuple) else self._artifact(f, _place(f, folder))
+                            for f in files]
         record.history = self._relative(history) if history is not None else None
         record.start_ms, record.end_ms = start_ms or now_ms(), now_ms()
         if self.is_logged(unit):
@@ -341,6 +344,17 @@ class LiveRun:
     def on_epoch_end(self, trainer, row: Mapping[str, Any]) -> None:
         if self._run_id is not None and self.run_dir.tracking["state"] == OK:
             self.run_dir._guarded(lambda mirror: mirror.log_epoch(self._run_id, row))
+
+
+def _place(path: str | Path, folder: str | Path | None) -> str | None:
+    """The MLflow folder of ``path``: its parent's place below ``folder`` (None: the top)."""
+    if folder is None:
+        return None
+    try:
+        inner = Path(path).resolve().parent.relative_to(Path(folder).resolve())
+    except ValueError:
+        return None
+    return None if inner == Path(".") else inner.as_posix()
 
 
 def unit_name(method: str, target: str | None = None, seed: int | None = None) -> str:
