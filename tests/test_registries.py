@@ -111,3 +111,16 @@ def test_a_model_has_the_heads_its_config_enables():
     model = model_from_config(config, prepare(config.data, progress=False))
     assert list(model.heads) == ["cls", "box"]
     assert model.heads["cls"].classifier[-1].out_features == 2  # sized for the binary classes, not the default 3
+
+
+def test_study_protocols_and_selection_rules_match_their_config_fields():
+    """A study's protocol and selection rule are registries; the config's choices are their names."""
+    import typing
+
+    from senolab.runners.study import PROTOCOLS, SELECTIONS, StudyConfig
+
+    fields = StudyConfig.model_fields
+    assert sorted(typing.get_args(fields["protocol"].annotation)) == PROTOCOLS.names()
+    assert sorted(typing.get_args(fields["selection"].annotation)) == SELECTIONS.names()
+    assert SELECTIONS.get("source_val").score is None  # the trainer's own source-validation score
+    assert all(SELECTIONS.get(name).score is not None for name in ("target_entropy", "oracle"))

@@ -46,6 +46,7 @@ from senolab.evaluation import METRICS, POOLED, compare_methods, evaluate
 from senolab.evaluation.plots import plot_training_curves
 from senolab.evaluation.report import SUMMARY_FILE, WORST, json_safe, load_summary, worst_sites
 from senolab.paths import writable_folder
+from senolab.registry import Registry
 from senolab.runners.packaged import load_packaged_model, save_package
 from senolab.tracking.config_guard import claim_folder
 from senolab.tracking.provenance import table_fingerprint
@@ -53,7 +54,6 @@ from senolab.tracking.rundir import RunDir, unit_name
 
 CURVES_FILE = "training_curves.png"
 PACKAGE = "model"  # the unit's model with its preprocessing (senolab.runners.packaged)
-SELECTION_METRICS = {"source_val": "val_score", "target_entropy": "target_neg_entropy", "oracle": "oracle_target_auc"}
 
 
 class MethodSpec(Strict):
@@ -117,10 +117,19 @@ def method_names_as_specs(methods):
     return [{"name": m} if isinstance(m, str) else m for m in methods]
 
 
-def study_pairs(config: StudyConfig, sites: list[str]) -> list[PairSpec]:
-    """The (sources, target) pairs the protocol asks for, checked against the data's sites."""
-    if config.protocol == "loso":
-        return [PairSpec(sources=[s for s in sites if s != t], target=t) for t in sites]
+# Protocols: how a study chooses its (sources, target) pairs from the data's sites.
+PROTOCOLS: Registry[Callable[["StudyConfig", list[str]], list["PairSpec"]]] = Registry("study protocol")
+
+
+@PROTOCOLS.register("loso")
+def leave_one_site_out(config: StudyConfig, sites: list[str]) -> list[PairSpec]:
+    """Every site in turn is the target; all the others are its sources."""
+    return [PairSpec(sources=[s for s in sites if s != t], target=t) for t in sites]
+
+
+@PROTOCOLS.register("pairwise")
+def listed_pairs(config: StudyConfig, sites: list[str]) -> list[PairSpec]:
+    """The pairs the config lists, each site checked against the data."""
     for pair in config.pairs:
         unknown = sorted(set(pair.sources + [pair.target]) - set(sites))
         if unknown:
@@ -128,6 +137,11 @@ def study_pairs(config: StudyConfig, sites: list[str]) -> list[PairSpec]:
     if not config.pairs:
         raise ConfigError("protocol 'pairwise' needs pairs: [{sources: [...], target: ...}]")
     return config.pairs
+
+
+def study_pairs(config: StudyConfig, sites: list[str]) -> list[PairSpec]:
+    """The (sources, target) pairs the protocol asks for, checked against the data's sites."""
+    return PROTOCOLS.build(config.protocol, config, sites)
 
 
 @dataclass
@@ -260,10 +274,11 @@ def _run_once(config: StudyConfig, unit: StudyUnit, progress: bool, callbacks=()
     started = int(time.time() * 1000)
     base = config.base.model_copy(deep=True)
     base.train.seed = seed
-    base.train.early_stopping.metric = SELECTION_METRICS[config.selection]
+    rule = SELECTIONS.get(config.selection)
+    base.train.early_stopping.metric = rule.metric
     trainer = Trainer(base, data, run_dir, method=spec.name, method_options=spec.options,
                       target_part="test" if METHODS.get(spec.name).transductive else None,
-                      selection=_selection(config.selection), callbacks=callbacks)
+                      selection=rule.score, callbacks=callbacks)
     trained = trainer.fit(progress=progress)
     method = trained.method
     target_loader = data.loader("test", base.train.batch_size, labelled=False)
@@ -294,31 +309,48 @@ def load_unit_model(unit: StudyUnit) -> torch.nn.Module:
     return load_packaged_model(unit.folder / PACKAGE, unit.data)
 
 
-def _selection(rule: str):
-    """The extra validation metric a selection rule needs, computed each epoch."""
-    if rule == "source_val":
-        return None
+@dataclass(frozen=True)
+class SelectionRule:
+    """How a study picks a unit's checkpoint: the validation ``metric`` early stopping
+    maximises, and the ``score`` that adds it to each epoch's validation (None: the
+    trainer's own source-validation score)."""
 
-    def score(trainer: Trainer) -> dict:
-        data = trainer.data
-        if rule == "target_entropy":
-            # unsupervised: the model's confidence on the unlabelled target images
-            loader = data.loader("test", trainer.config.train.batch_size, labelled=False)
-            table = predict(trainer.model, loader, data, trainer.device,
-                            harmonise=lambda b: trainer.method.harmonise(b, "target"))
-            probs = table[[f"prob_{c}" for c in data.classes]].to_numpy()
-            entropy = -(probs * np.log(np.clip(probs, 1e-12, 1))).sum(1).mean()
-            return {"target_neg_entropy": float(-entropy)}
-        # oracle: reads target labels; reported as "oracle" selection, never the default
-        table = predict(trainer.model, data.loader("test", trainer.config.train.batch_size), data, trainer.device,
-                        harmonise=lambda b: trainer.method.harmonise(b, "target"))
-        labelled = table[table["label"].notna()]
-        from sklearn.metrics import roc_auc_score
+    metric: str
+    score: Callable[[Trainer], dict] | None = None
 
-        y = (labelled["label_name"] == "malignant").astype(int)
-        return {"oracle_target_auc": float(roc_auc_score(y, labelled["score"])) if y.nunique() == 2 else 0.0}
 
-    return score
+# Selection rules by name (StudyConfig.selection). Only 'oracle' reads target labels: it
+# is reported as such in every result and never the default.
+SELECTIONS: Registry[SelectionRule] = Registry("selection rule")
+
+
+def _target_predictions(trainer: Trainer, labelled: bool) -> pd.DataFrame:
+    data = trainer.data
+    loader = data.loader("test", trainer.config.train.batch_size, labelled=labelled)
+    return predict(trainer.model, loader, data, trainer.device, harmonise=lambda b: trainer.method.harmonise(b, "target"))
+
+
+def _target_negative_entropy(trainer: Trainer) -> dict:
+    """Unsupervised: the model's confidence on the unlabelled target images."""
+    table = _target_predictions(trainer, labelled=False)
+    probs = table[[f"prob_{c}" for c in trainer.data.classes]].to_numpy()
+    entropy = -(probs * np.log(np.clip(probs, 1e-12, 1))).sum(1).mean()
+    return {"target_neg_entropy": float(-entropy)}
+
+
+def _oracle_target_auc(trainer: Trainer) -> dict:
+    """Reads target labels: an upper bound to report, never a way to choose a model."""
+    from sklearn.metrics import roc_auc_score
+
+    table = _target_predictions(trainer, labelled=True)
+    labelled = table[table["label"].notna()]
+    y = (labelled["label_name"] == "malignant").astype(int)
+    return {"oracle_target_auc": float(roc_auc_score(y, labelled["score"])) if y.nunique() == 2 else 0.0}
+
+
+SELECTIONS.register("source_val")(SelectionRule("val_score"))
+SELECTIONS.register("target_entropy")(SelectionRule("target_neg_entropy", _target_negative_entropy))
+SELECTIONS.register("oracle")(SelectionRule("oracle_target_auc", _oracle_target_auc))
 
 
 def _result_row(table: pd.DataFrame, method: str, seed: int, transductive: bool, config: StudyConfig,
