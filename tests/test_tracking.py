@@ -397,6 +397,9 @@ def test_train_is_tracked_live_and_its_model_loads_with_pyfunc(server, tmp_path,
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert unit.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert [p.step for p in client.get_metric_history(unit.info.run_id, "loss")] == [0, 1, 2]
+    inputs = {i.tags[0].value: i.dataset for i in client.get_run(unit.info.run_id).inputs.dataset_inputs}
+    assert set(inputs) == {"train", "val", "test"}  # MLflow's Dataset column: each part, its role
+    assert all(d.name.startswith("synthetic (") and len(d.digest) == 16 for d in inputs.values())
     for run in (unit, parent):  # real durations, within the command's wall time
         assert 0 < (run.info.end_time - run.info.start_time) / 1000 <= wall + 1
     tracking_uri(server.uri)

@@ -60,6 +60,9 @@ class AdaptationMethod(nn.Module):
       source batch (one forward over their concatenation, so BatchNorm sees both domains as
       one batch, as in DANN's reference implementations) and hands the split outputs over.
     - ``loss_names``: the names of the losses a step returns for a model with every head.
+    - ``inference_only``: trains exactly as ERM and differs only at inference (AdaBN), so
+      a study reuses ERM's trained model of the same target and seed instead of training
+      an identical one again.
     """
 
     name: ClassVar[str]
@@ -67,6 +70,7 @@ class AdaptationMethod(nn.Module):
     needs_target: ClassVar[bool] = False
     target_forward: ClassVar[bool] = False
     loss_names: ClassVar[tuple[str, ...]] = ()
+    inference_only: ClassVar[bool] = False
 
     # ----------------------------------------------------------------- public entry points
     def prepare(self, model: nn.Module, source_loader: Iterable[Batch], target_loader: Iterable[Batch] | None) -> None:

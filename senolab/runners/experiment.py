@@ -25,6 +25,7 @@ from senolab.evaluation import evaluate
 from senolab.paths import require_folder, writable_folder
 from senolab.runners.packaged import PREPROCESSING, load_packaged_model, restored_data, save_package
 from senolab.tracking import RunDir, table_fingerprint, unit_metrics
+from senolab.tracking.provenance import part_datasets
 from senolab.tracking.config_guard import claim_folder
 
 UNIT = "erm"  # what `senolab train` logs: one model trained without adaptation
@@ -53,7 +54,8 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str | Path, progress: 
             metrics["best_epoch"] = best_epoch
         files = [out / name for name in ("predictions.parquet", "summary.json", "results.csv", "split.csv", "model")]
         run.log_unit(UNIT, metrics=metrics, tags={"method": UNIT}, files=files, history=out / "history.csv",
-                     start_ms=live.start_ms)
+                     start_ms=live.start_ms, folder=out,
+                     datasets=part_datasets(data.cohort.table, data.parts, str(data.cohort.root or data.cohort.name)))
     run.finish(echo=progress)
     return summary
 

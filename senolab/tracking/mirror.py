@@ -190,10 +190,22 @@ class MlflowMirror:
         self._log_tags(run_id, {**common_tags, **record.tags})
         for chunk in _chunks(metrics, validation.MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=chunk)
+        if record.datasets:
+            self.client.log_inputs(run_id, datasets=[self._dataset_input(d) for d in record.datasets])
         for artifact in record.artifacts:
             self._log_artifact(run_id, root / artifact.path, artifact.folder)
         self.client.set_tag(run_id, COMPLETE_TAG, "true")
         self.client.set_terminated(run_id, "FINISHED", end_time=record.end_ms)
+
+    def _dataset_input(self, entry: Mapping[str, object]):
+        """A part of the data as MLflow's Dataset (name, digest, source) with its role as context."""
+        import json
+
+        entities = self.mlflow.entities
+        dataset = entities.Dataset(name=str(entry["name"]), digest=str(entry["digest"]), source_type="local",
+                                   source=json.dumps({"uri": str(entry["source"])}),
+                                   profile=json.dumps({"num_rows": entry.get("n_cases")}))
+        return entities.DatasetInput(dataset, tags=[entities.InputTag("mlflow.data.context", str(entry["context"]))])
 
     def _log_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         limit = self.mlflow.utils.validation.MAX_TAG_VAL_LENGTH

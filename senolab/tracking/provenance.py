@@ -37,3 +37,19 @@ def table_fingerprint(table: pd.DataFrame) -> str:
     text = ordered.map(str).apply(lambda row: "\x1f".join(row), axis=1)
     digest = hashlib.sha256("\x1e".join(sorted(text)).encode()).hexdigest()
     return digest[:16]
+
+
+def part_datasets(table: pd.DataFrame, parts: pd.Series, source: str) -> list[dict]:
+    """What MLflow's Dataset column shows for a run: one entry per split part (its role:
+    train, val, test...), named after the cohorts and sites in it, with the fingerprint of
+    its rows and where the cohort came from."""
+    entries = []
+    for role in sorted(parts.unique()):
+        rows = table[table["case_id"].isin(parts.index[parts == role])]
+        if rows.empty:
+            continue
+        cohorts = "+".join(sorted(rows["cohort"].astype(str).unique()))
+        sites = "+".join(sorted(rows["site"].astype(str).unique()))
+        entries.append({"name": f"{cohorts} ({sites})", "digest": table_fingerprint(rows), "source": source,
+                        "context": str(role), "n_cases": int(len(rows))})
+    return entries

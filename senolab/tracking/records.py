@@ -52,6 +52,7 @@ class RunRecord:
     history: str | None = None
     start_ms: int | None = None
     end_ms: int | None = None
+    datasets: list[dict] = field(default_factory=list)  # see tracking.provenance.part_datasets
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

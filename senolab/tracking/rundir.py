@@ -219,18 +219,21 @@ class RunDir:
     def log_unit(self, unit: str, *, metrics: Mapping[str, float], tags: Mapping[str, str] | None = None,
                  params: Mapping[str, Any] | None = None, files: Sequence[str | Path | tuple[str | Path, str]] = (),
                  history: str | Path | None = None, start_ms: int | None = None,
-                 folder: str | Path | None = None) -> RunRecord:
+                 folder: str | Path | None = None, datasets: Sequence[Mapping[str, Any]] = ()) -> RunRecord:
         """Record a finished unit and push it: final ``metrics``, ``tags``, ``params`` (the
         unit's own options, next to the command's config), ``files`` (paths, or (path,
         MLflow folder) pairs; a folder such as an MLflow ``model/`` goes up whole) and its
         ``history.csv``, all inside the run directory. Files under the unit's ``folder``
-        keep their place below it in MLflow (``figures/roc.png``)."""
+        keep their place below it in MLflow (``figures/roc.png``). ``datasets``: the parts of
+        the data it used (:func:`senolab.tracking.provenance.part_datasets`), for MLflow's
+        Dataset column."""
         record = self._unit_record(unit, tags or {})
         record.params = {**flatten_params(self.config), **flatten_params(dict(params or {}))}
         record.metrics = dict(metrics)
         record.artifacts = [self._artifact(*f) if isinstance(f, tuple) else self._artifact(f, _place(f, folder))
                             for f in files]
         record.history = self._relative(history) if history is not None else None
+        record.datasets = [dict(d) for d in datasets]
         record.start_ms, record.end_ms = start_ms or now_ms(), now_ms()
         if self.is_logged(unit):
             raise ValueError(f"{self.root}: {unit} is already recorded; each unit is logged once per run")
