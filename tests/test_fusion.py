@@ -362,6 +362,7 @@ def test_on_the_synthetic_cohort_every_fusion_beats_the_image_alone():
 # ------------------------------------------------------------------------- the ablation command
 
 TINY_ABLATION = """
+kind: ablation
 name: tiny_fusion
 data:
   cohorts: [synthetic]

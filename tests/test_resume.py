@@ -19,6 +19,7 @@ import yaml
 from senolab.cli import main as senolab
 
 TINY = {
+    "kind": "experiment",
     "name": "tiny",
     "data": {"cohorts": ["synthetic"], "synthetic": {"n_sites": 2, "images_per_site": 16, "image_size": 64},
              "image_size": 32, "split": {"kind": "holdout", "test_fraction": 0.25, "seed": 0}},
@@ -66,7 +67,7 @@ def test_train_refuses_a_folder_trained_with_another_split(workdir, capsys):
 
 
 def test_study_refuses_a_folder_of_another_lr(workdir, capsys):
-    study = {"name": "tiny_study", "base": TINY, "protocol": "pairwise",
+    study = {"kind": "study", "name": "tiny_study", "base": TINY, "protocol": "pairwise",
              "pairs": [{"sources": ["site_a"], "target": "site_b"}], "methods": ["erm"], "embedding_figure": False}
     assert senolab(["study", write_yaml("study.yaml", study), "--out", "runs/study", "--quiet"]) == 0
     results = Path("runs/study/results.csv").read_bytes()

@@ -16,7 +16,7 @@ import yaml
     ("study", {"methods": ["erm", "not_a_method"]}, "unknown ['not_a_method']"),
 ])
 def test_unknown_names_are_refused_when_the_config_is_read(tmp_path, section, names, message):
-    config = {"study": {"name": "s"}, section: names} if section == "explain" else {section: names}
+    config = {"kind": "run", "study": {"name": "s"}, section: names} if section == "explain" else {"kind": "run", section: names}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
     began = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "senolab.cli", "run", "bad.yaml", "--out", "runs/bad"],

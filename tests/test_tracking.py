@@ -415,7 +415,7 @@ def test_study_and_ablation_produce_their_parent_and_child_runs(server, tmp_path
     from conftest import REPO
 
     name = f"study-{uuid.uuid4().hex[:6]}"
-    study = {"name": name, "base": TINY_TRAIN, "protocol": "pairwise",
+    study = {"kind": "study", "name": name, "base": TINY_TRAIN, "protocol": "pairwise",
              "pairs": [{"sources": ["site_a"], "target": "site_b"}], "methods": ["erm", "dann"],
              "embedding_figure": False}
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))

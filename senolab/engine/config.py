@@ -1,20 +1,33 @@
-"""Experiment configs: YAML validated into typed objects, with errors that name the bad key.
+"""Every config of senolab: YAML validated into typed objects, with errors that name the bad key.
 
-One config describes one model: which cohorts and how to split them, which encoder and
-heads, which losses and loss balancer, how to train. Unknown keys are errors (a typo
-must not silently fall back to a default).
+One module, one YAML shape. Every config file says what it is with a top-level ``kind:``:
+
+- ``experiment``: one model (``senolab train``): which cohorts and how to split them, which
+  encoder and heads, which losses and loss balancer, how to train;
+- ``study``: a cross-institution study (``senolab study``): an experiment as ``base``, the
+  protocol, the adaptation methods, seeds and model-selection rule;
+- ``ablation``: an experiment with an ``ablation`` section (``senolab fusion ablate``);
+- ``run``: the main job (``senolab run``): a study plus radiomics, explanations, tracking.
+
+:func:`load_config` is the one place YAML is read: a file of another kind is refused with
+one line naming the file, the kind found and the kind expected. Shorthands (``methods:
+[erm, dann]``, ``loss.classification: focal``) are normalised by the models' own
+validators, so ``model_validate`` accepts them as the loaders do. Unknown keys are errors
+(a typo must not silently fall back to a default).
 """
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from senolab.errors import InputError
+from senolab.models.loss_config import LossConfig  # the `loss:` section: the models' own class, torch-free
 from senolab.paths import require_file
 
 
@@ -124,13 +137,6 @@ class ModelConfig(Strict):
     fusion_options: dict[str, Any] = {}
 
 
-class LossConfig(Strict):
-    classification: Literal["ce", "focal"] = "ce"
-    focal_gamma: float = Field(2.0, ge=0)
-    balancer: Annotated[str, registered_in("senolab.models.balancers", "BALANCERS")] = "uncertainty"
-    balancer_options: dict[str, Any] = {}
-
-
 class EarlyStopping(Strict):
     metric: str = "val_score"  # mean of validation AUC and Dice, over enabled heads
     patience: int = Field(5, ge=1)
@@ -155,13 +161,206 @@ class EvaluationConfig(Strict):
     seed: int = 0
 
 
+N_CLASSES = {"binary": 2, "three": 3}  # senolab.engine.data.CLASSES, without importing it
+
+
 class ExperimentConfig(Strict):
+    kind: Literal["experiment"] = "experiment"
     name: str = "experiment"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+
+    @model_validator(mode="after")
+    def _class_weight_per_class(self):
+        weights, n = self.loss.class_weights, N_CLASSES[self.data.classes]
+        if weights is not None and len(weights) != n:
+            raise ValueError(f"loss.class_weights has {len(weights)} entries but data.classes "
+                             f"{self.data.classes!r} has {n} classes")
+        return self
+
+
+# ------------------------------------------------------------------------- study
+
+
+class MethodSpec(Strict):
+    name: str
+    options: dict[str, Any] = {}
+    # How results, run folders and figures name this entry (default: the method's name); two
+    # entries of one method, e.g. CORAL at two weights, need a label each.
+    label: str = ""
+
+    @model_validator(mode="after")
+    def _label_defaults_to_name(self):
+        self.label = self.label or self.name
+        return self
+
+
+class PairSpec(Strict):
+    sources: list[str]
+    target: str
+
+
+def method_names_as_specs(methods):
+    """``methods: [erm, dann]`` is shorthand for ``[{name: erm}, {name: dann}]``."""
+    if not isinstance(methods, list):
+        return methods
+    return [{"name": m} if isinstance(m, str) else m for m in methods]
+
+
+class StudyConfig(Strict):
+    kind: Literal["study"] = "study"
+    name: str = "study"
+    base: ExperimentConfig = ExperimentConfig()
+    protocol: Literal["loso", "pairwise"] = "loso"
+    pairs: list[PairSpec] = []
+    methods: list[MethodSpec] = [MethodSpec(name="erm")]
+    seeds: list[int] = [0]
+    selection: Literal["source_val", "target_entropy", "oracle"] = "source_val"
+    source_test_fraction: float = Field(0.2, gt=0, lt=1)
+    embedding_figure: bool = True
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _method_names(cls, methods):
+        return method_names_as_specs(methods)
+
+    @model_validator(mode="after")
+    def _methods_are_known(self):
+        # checked when the config is read, before any model trains
+        from senolab.adaptation import METHODS
+
+        unknown = [m.name for m in self.methods if m.name not in METHODS]
+        if unknown:
+            raise ValueError(f"methods: unknown {unknown}; known: {METHODS.names()}")
+        return self
+
+    @model_validator(mode="after")
+    def _labels_are_unique(self):
+        labels = [m.label for m in self.methods]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"methods: {repeated} appear more than once; give each entry its own label "
+                             "(e.g. {name: coral, options: {weight: 10}, label: coral_w10})")
+        return self
+
+
+# ------------------------------------------------------------------------- main job (`senolab run`)
+
+
+class RadiomicsStep(Strict):
+    enabled: bool = True
+    params: str | None = None  # a pyradiomics YAML; None: senolab's shipped 2D parameters
+    jobs: int | None = None
+
+
+class ExplainStep(Strict):
+    methods: list[str] = ["integrated_gradients", "gradcam"]
+    max_cases: int = 8  # target cases attributed per method (Integrated Gradients costs ~50 passes each)
+
+    @field_validator("methods")
+    @classmethod
+    def _known_explainers(cls, methods: list[str]) -> list[str]:
+        # checked when the config is read, not after every model has trained
+        from senolab.explain import EXPLAINERS
+
+        unknown = [m for m in methods if m not in EXPLAINERS]
+        if unknown:
+            raise ValueError(f"unknown explainers {unknown}; known: {EXPLAINERS.names()}")
+        return methods
+
+
+class RunConfig(Strict):
+    kind: Literal["run"] = "run"
+    name: str = "quickstart"
+    study: StudyConfig
+    radiomics: RadiomicsStep = RadiomicsStep()
+    explain: ExplainStep = ExplainStep()
+    tracking_uri: str | None = None  # None: sqlite store inside the run folder
+    track: bool = True
+
+
+# Keys that say where results are sent, not what they are: changing them on an existing
+# run folder is allowed (and honoured).
+TRACKING_KEYS = ("tracking_uri", "track")
+
+
+def quickstart_config() -> RunConfig:
+    """The built-in study: three synthetic sites, a concat-fused U-Net, four methods.
+
+    ``SENOLAB_QUICK=1`` in the environment makes it a smoke run (fewer images, one epoch,
+    fewer bootstrap resamples and explained cases) that runs the same steps."""
+    quick = os.environ.get("SENOLAB_QUICK", "") not in ("", "0")
+    base = ExperimentConfig(
+        name="quickstart",
+        data=DataConfig(synthetic=SyntheticOptions(n_sites=3, images_per_site=24 if quick else 60, image_size=128),
+                        image_size=64),
+        model=ModelConfig(fusion="concat", fusion_options={"modalities": ["metadata", "radiomics"]},
+                          heads=HeadsConfig(classification=True, segmentation=True, bbox=False)),
+        train=TrainConfig(epochs=1 if quick else 4, batch_size=16, lr=0.003),
+        evaluation=EvaluationConfig(bootstrap=30 if quick else 300),
+    )
+    study = StudyConfig(name="quickstart", base=base, protocol="pairwise",
+                        pairs=[PairSpec(sources=["site_a", "site_b"], target="site_c")],
+                        methods=[MethodSpec(name=m) for m in ("erm", "dann", "adabn", "histogram_matching")])
+    return RunConfig(study=study, explain=ExplainStep(max_cases=2 if quick else 8))
+
+
+# ------------------------------------------------------------------------- fusion ablation
+
+Modality = Literal["metadata", "radiomics"]
+
+
+class AblationOptions(Strict):
+    """The ``ablation`` section of an ablation config (see senolab.runners.ablation)."""
+
+    folds: int = Field(5, ge=2)
+    fusions: list[str] = ["concat", "cross_attention", "graph"]
+    modalities: list[list[Modality]] = [["metadata"], ["radiomics"], ["metadata", "radiomics"]]
+    fusion_options: dict[str, dict[str, Any]] = {}
+    finetune: dict[str, Any] | None = {"train": {"epochs": 6, "lr": 0.001, "warmup_epochs": 0}}
+    radiomics_params: str | None = None
+    radiomics_jobs: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _known_names(self):
+        from senolab.fusion.base import FUSIONS, fusion_options
+
+        unknown = [f for f in self.fusions if f not in FUSIONS]
+        if unknown:
+            raise ValueError(f"fusions: unknown {unknown}; known: {FUSIONS.names()}")
+        stray = sorted(set(self.fusion_options) - set(self.fusions))
+        if stray:
+            raise ValueError(f"fusion_options: {stray} are not among the fusions {self.fusions}")
+        for name, options in self.fusion_options.items():
+            bad = sorted(set(options) - set(fusion_options(FUSIONS.get(name))))
+            if bad:
+                raise ValueError(f"fusion_options.{name}: unknown options {bad}; known: {fusion_options(FUSIONS.get(name))}")
+        if any(not m for m in self.modalities):
+            raise ValueError("modalities: every entry must name at least one of metadata, radiomics")
+        return self
+
+    def finetuning(self, config: ExperimentConfig, encoder_checkpoint: Path) -> ExperimentConfig:
+        """Stage 2: the base config with the ``finetune`` overrides, starting from the stage-1 encoder."""
+        overrides = merge_overrides(self.finetune or {}, {"model": {"checkpoint": str(encoder_checkpoint)}})
+        return parse_config(merge_overrides(config.model_dump(), overrides), source="ablation.finetune")
+
+    @property
+    def uses_radiomics(self) -> bool:
+        return bool(self.fusions) and any("radiomics" in m for m in self.modalities)
+
+
+class AblationConfig(ExperimentConfig):
+    """An experiment (the base model, data and training) with its ``ablation`` section."""
+
+    kind: Literal["ablation"] = "ablation"  # type: ignore[assignment]
+    ablation: AblationOptions
+
+    def experiment(self) -> ExperimentConfig:
+        """The experiment part, without the ``ablation`` section."""
+        return ExperimentConfig(**{k: getattr(self, k) for k in ExperimentConfig.model_fields if k != "kind"})
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -238,13 +437,59 @@ def validate(model: type[BaseModel], raw: dict, source: str):
         raise ConfigError("\n".join(lines)) from None
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
-    """Read and validate a YAML config; ``overrides`` are merged in (nested dicts)."""
-    return parse_config(merge_overrides(read_yaml_mapping(path), overrides or {}), source=str(path))
+KINDS: dict[str, type[BaseModel]] = {"experiment": ExperimentConfig, "study": StudyConfig,
+                                     "ablation": AblationConfig, "run": RunConfig}
+COMMANDS = {"experiment": "senolab train", "study": "senolab study", "ablation": "senolab fusion ablate",
+            "run": "senolab run"}
+
+
+def load_config(path: str | Path, overrides: dict | None = None, *, kind: str = "experiment"):
+    """Read a YAML config of ``kind`` (one of :data:`KINDS`) and validate it into that kind's
+    model; ``overrides`` are merged in first (nested dicts). A file of another kind is
+    refused with one line naming the file, the kind found and the kind expected."""
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    raw = merge_overrides(read_yaml_mapping(path), overrides or {})
+    check_kind(raw, kind, path)
+    return validate(KINDS[kind], raw, str(path))
+
+
+def check_kind(raw: dict, expected: str, path: str | Path) -> None:
+    """Refuse a config of another kind than ``expected``, in one line.
+
+    A file without ``kind:`` is taken to be of the expected kind: configs written before
+    ``kind:`` existed (run folders, user configs) still load; a file of another kind
+    without one fails validation on its own keys instead."""
+    found = raw.get("kind", expected)
+    if found == expected:
+        return
+    if not isinstance(found, str) or found not in KINDS:
+        raise ConfigError(f"{path}: kind {found!r} is not a config kind; expected {expected!r} "
+                          f"(kinds: {', '.join(KINDS)})")
+    raise ConfigError(f"{path}: kind is {found!r}, expected {expected!r} "
+                      f"(a {found!r} config runs with `{COMMANDS[found]}`)")
 
 
 def parse_config(raw: dict, source: str = "config") -> ExperimentConfig:
     return validate(ExperimentConfig, raw, source)
+
+
+def load_study_config(path: str | Path) -> StudyConfig:
+    return load_config(path, kind="study")
+
+
+def load_run_config(path: str | Path | None) -> RunConfig:
+    """A ``run`` config, or the built-in quickstart when ``path`` is None."""
+    return quickstart_config() if path is None else load_config(path, kind="run")
+
+
+def load_ablation(path: str | Path) -> tuple[ExperimentConfig, AblationOptions]:
+    """Read an ablation config: the experiment, and its ``ablation`` section."""
+    config: AblationConfig = load_config(path, kind="ablation")
+    experiment = config.experiment()
+    if config.ablation.finetune is not None:
+        config.ablation.finetuning(experiment, Path("stage-1 encoder"))  # a bad override is named now, not after stage 1
+    return experiment, config.ablation
 
 
 def merge_overrides(base: dict, extra: dict) -> dict:

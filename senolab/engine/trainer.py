@@ -36,7 +36,7 @@ from senolab.checkpoint import load_checkpoint, save_checkpoint
 from senolab.engine.config import ExperimentConfig
 from senolab.engine.data import PreparedData
 from senolab.engine.predict import predict, validation_score
-from senolab.models import BALANCERS, LossConfig, MultiTaskModel, build_model, multitask_losses
+from senolab.models import BALANCERS, MultiTaskModel, build_model, multitask_losses
 
 
 # A config's head flag (a field of HeadsConfig) -> the head it enables (a name in
@@ -107,7 +107,7 @@ class Trainer:
         seed_everything(config.train.seed)
         self.model = model_from_config(config, data).to(self.device)
         self.balancer = BALANCERS.build(config.loss.balancer, tasks=self.model.tasks, **config.loss.balancer_options)
-        self.loss_config = LossConfig(focal_gamma=config.loss.focal_gamma if config.loss.classification == "focal" else 0.0)
+        self.loss_config = config.loss  # the models' own LossConfig: every YAML loss option reaches the loss
         self.method = METHODS.build(method, **(method_options or {}))
         self.target_part = target_part  # e.g. "test" for unlabelled target-site images
         self.train_loader = data.loader("train", config.train.batch_size, shuffle=True, seed=config.train.seed,

@@ -11,34 +11,20 @@ Segmentation: BCE over every pixel of every image with a mask (so lesion-free im
 teach "no lesion"), plus soft Dice over the images that have lesion pixels only: Dice of
 an empty target is undefined and its smoothed value would dominate the mean, the same
 reason evaluation does not average Dice over lesion-free images.
+
+The options (focal gamma, class weights, the terms' weights) are one
+:class:`~senolab.models.loss_config.LossConfig`, the ``loss:`` section of an experiment YAML.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 import torch
 from torch.nn import functional as F
 
+from senolab.models.loss_config import LossConfig
 from senolab.registry import Registry
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Loss options.
-
-    focal_gamma: 0 gives cross-entropy; > 0 the focal loss of Lin et al. 2017.
-    class_weights: per-class weights of the classification loss (length = num_classes).
-    bce_weight, dice_weight: the two terms of the segmentation loss.
-    l1_weight, giou_weight: the two terms of the box loss.
-    """
-
-    focal_gamma: float = 0.0
-    class_weights: Sequence[float] | None = None
-    bce_weight: float = 1.0
-    dice_weight: float = 1.0
-    l1_weight: float = 1.0
-    giou_weight: float = 1.0
 
 
 def focal_loss(

@@ -50,62 +50,21 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from senolab.engine.config import ConfigError, ExperimentConfig, merge_overrides, parse_config, read_yaml_mapping, validate
-from senolab.fusion.base import FUSIONS, fusion_options
+from senolab.engine.config import (AblationOptions, ConfigError, ExperimentConfig,  # noqa: F401 (callers import them from here)
+                                   load_ablation)
 from senolab.runners.packaged import save_package
 from senolab.tracking.records import slug
 from senolab.tracking.rundir import unit_name
 
 SECTION = "ablation"
 REFERENCE = "image_only"
-Modality = Literal["metadata", "radiomics"]
-
-
-class AblationOptions(BaseModel):
-    """The ``ablation`` section of an ablation config (see the module docstring)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    folds: int = Field(5, ge=2)
-    fusions: list[str] = ["concat", "cross_attention", "graph"]
-    modalities: list[list[Modality]] = [["metadata"], ["radiomics"], ["metadata", "radiomics"]]
-    fusion_options: dict[str, dict[str, Any]] = {}
-    finetune: dict[str, Any] | None = {"train": {"epochs": 6, "lr": 0.001, "warmup_epochs": 0}}
-    radiomics_params: str | None = None
-    radiomics_jobs: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _known_names(self):
-        unknown = [f for f in self.fusions if f not in FUSIONS]
-        if unknown:
-            raise ValueError(f"fusions: unknown {unknown}; known: {FUSIONS.names()}")
-        stray = sorted(set(self.fusion_options) - set(self.fusions))
-        if stray:
-            raise ValueError(f"fusion_options: {stray} are not among the fusions {self.fusions}")
-        for name, options in self.fusion_options.items():
-            bad = sorted(set(options) - set(fusion_options(FUSIONS.get(name))))
-            if bad:
-                raise ValueError(f"fusion_options.{name}: unknown options {bad}; known: {fusion_options(FUSIONS.get(name))}")
-        if any(not m for m in self.modalities):
-            raise ValueError("modalities: every entry must name at least one of metadata, radiomics")
-        return self
-
-    def finetuning(self, config: ExperimentConfig, encoder_checkpoint: Path) -> ExperimentConfig:
-        """Stage 2: the base config with the ``finetune`` overrides, starting from the stage-1 encoder."""
-        overrides = merge_overrides(self.finetune or {}, {"model": {"checkpoint": str(encoder_checkpoint)}})
-        return parse_config(merge_overrides(config.model_dump(), overrides), source=f"{SECTION}.finetune")
-
-    @property
-    def uses_radiomics(self) -> bool:
-        return bool(self.fusions) and any("radiomics" in m for m in self.modalities)
 
 
 @dataclass(frozen=True)
@@ -150,19 +109,6 @@ def plan_variants(options: AblationOptions) -> list[Variant]:
     """Image only first, then every fusion with every modality set."""
     fused = [Variant(f, tuple(m), dict(options.fusion_options.get(f, {}))) for f in options.fusions for m in options.modalities]
     return [Variant(None), *fused]
-
-
-def load_ablation(path: str | Path) -> tuple[ExperimentConfig, AblationOptions]:
-    """Read an ablation config: the experiment, and its ``ablation`` section."""
-    raw = read_yaml_mapping(path)
-    section = raw.pop(SECTION, None)
-    if section is None:
-        raise ConfigError(f"{path}: no '{SECTION}' section; an ablation config needs one (see senolab.runners.ablation)")
-    options = validate(AblationOptions, section, f"{path}: {SECTION}")
-    config = parse_config(raw, source=str(path))
-    if options.finetune is not None:
-        options.finetuning(config, Path("stage-1 encoder"))  # a bad override is named now, not after stage 1
-    return config, options
 
 
 # ------------------------------------------------------------------------- running

@@ -16,82 +16,13 @@ named). ``--tracking-uri`` given on an existing folder sends everything there.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
-from pydantic import field_validator
 
-from senolab.engine.config import (ConfigError, DataConfig, EvaluationConfig, ExperimentConfig, HeadsConfig,
-                                   ModelConfig, Strict, SyntheticOptions, TrainConfig, read_yaml_mapping, validate)
-from senolab.runners.study import (MethodSpec, PairSpec, StudyConfig, load_unit_model, method_names_as_specs,
-                                   run_study, study_headline)
-
-
-class RadiomicsStep(Strict):
-    enabled: bool = True
-    params: str | None = None  # a pyradiomics YAML; None: senolab's shipped 2D parameters
-    jobs: int | None = None
-
-
-class ExplainStep(Strict):
-    methods: list[str] = ["integrated_gradients", "gradcam"]
-    max_cases: int = 8  # target cases attributed per method (Integrated Gradients costs ~50 passes each)
-
-    @field_validator("methods")
-    @classmethod
-    def _known_explainers(cls, methods: list[str]) -> list[str]:
-        # checked when the config is read, not after every model has trained
-        from senolab.explain import EXPLAINERS
-
-        unknown = [m for m in methods if m not in EXPLAINERS]
-        if unknown:
-            raise ValueError(f"unknown explainers {unknown}; known: {EXPLAINERS.names()}")
-        return methods
-
-
-class RunConfig(Strict):
-    name: str = "quickstart"
-    study: StudyConfig
-    radiomics: RadiomicsStep = RadiomicsStep()
-    explain: ExplainStep = ExplainStep()
-    tracking_uri: str | None = None  # None: sqlite store inside the run folder
-    track: bool = True
-
-
-# Keys that say where results are sent, not what they are: changing them on an existing
-# run folder is allowed (and honoured).
-TRACKING_KEYS = ("tracking_uri", "track")
-
-
-def quickstart_config() -> RunConfig:
-    """The built-in study: three synthetic sites, a concat-fused U-Net, four methods.
-
-    ``SENOLAB_QUICK=1`` in the environment makes it a smoke run (fewer images, one epoch,
-    fewer bootstrap resamples and explained cases) that runs the same steps."""
-    quick = os.environ.get("SENOLAB_QUICK", "") not in ("", "0")
-    base = ExperimentConfig(
-        name="quickstart",
-        data=DataConfig(synthetic=SyntheticOptions(n_sites=3, images_per_site=24 if quick else 60, image_size=128),
-                        image_size=64),
-        model=ModelConfig(fusion="concat", fusion_options={"modalities": ["metadata", "radiomics"]},
-                          heads=HeadsConfig(classification=True, segmentation=True, bbox=False)),
-        train=TrainConfig(epochs=1 if quick else 4, batch_size=16, lr=0.003),
-        evaluation=EvaluationConfig(bootstrap=30 if quick else 300),
-    )
-    study = StudyConfig(name="quickstart", base=base, protocol="pairwise",
-                        pairs=[PairSpec(sources=["site_a", "site_b"], target="site_c")],
-                        methods=[MethodSpec(name=m) for m in ("erm", "dann", "adabn", "histogram_matching")])
-    return RunConfig(study=study, explain=ExplainStep(max_cases=2 if quick else 8))
-
-
-def load_run_config(path: str | Path | None) -> RunConfig:
-    if path is None:
-        return quickstart_config()
-    raw = read_yaml_mapping(path)
-    if isinstance(raw.get("study"), dict) and "methods" in raw["study"]:
-        raw["study"]["methods"] = method_names_as_specs(raw["study"]["methods"])
-    return validate(RunConfig, raw, str(path))
+from senolab.engine.config import (TRACKING_KEYS, ConfigError, ExplainStep,  # noqa: F401 (callers import them from here)
+                                   RadiomicsStep, RunConfig, StudyConfig, load_run_config, quickstart_config)
+from senolab.runners.study import load_unit_model, run_study, study_headline
 
 
 def run_main(config: RunConfig, out_dir: str | Path, progress: bool = True) -> dict:
