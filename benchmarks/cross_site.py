@@ -12,7 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
-from senolab.runners.study import load_study_config, run_study
+from senolab.engine.config import load_study_config
+from senolab.runners.study import run_study
 
 REPO = Path(__file__).resolve().parents[1]
 

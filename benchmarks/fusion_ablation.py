@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from senolab.runners.ablation import load_ablation, run_ablation
+from senolab.engine.config import load_ablation
+from senolab.runners.ablation import run_ablation
 
 REPO = Path(__file__).resolve().parents[1]
 
