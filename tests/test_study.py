@@ -13,6 +13,7 @@ from senolab.engine.config import ConfigError
 from senolab.runners.study import load_study_config, run_study
 
 TINY_STUDY = {
+    "kind": "study",
     "name": "tiny_study",
     "base": {"data": {"synthetic": {"n_sites": 2, "images_per_site": 30, "image_size": 64}, "image_size": 32,
                       "split": {"val_fraction": 0.25}},
@@ -86,3 +87,19 @@ def test_one_method_twice_needs_a_label_per_entry(tmp_path):
     methods[1]["label"] = "coral_w100"
     path.write_text(yaml.safe_dump({**TINY_STUDY, "methods": methods}))
     assert [(m.name, m.label) for m in load_study_config(path).methods] == [("coral", "coral"), ("coral", "coral_w100")]
+
+
+def test_adabn_reuses_the_erm_model_of_its_target_and_seed(tmp_path):
+    """AdaBN trains exactly as ERM does: the study adapts ERM's trained model instead of
+    training an identical one (before, its epoch losses equalled ERM's to the digit)."""
+    study = {**TINY_STUDY, "methods": ["adabn", "erm"], "pairs": [{"sources": ["site_a"], "target": "site_b"}],
+             "protocol": "pairwise"}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    run_study(load_study_config(path), tmp_path / "out", progress=False)
+    adabn, erm = (tmp_path / "out" / "runs" / "site_b" / m / "seed0" for m in ("adabn", "erm"))
+    assert (erm / "history.csv").exists() and not (adabn / "history.csv").exists()
+    results = pd.read_csv(tmp_path / "out" / "results.csv").set_index("method")
+    assert results.loc["adabn", "best_epoch"] == results.loc["erm", "best_epoch"]
+    # same trained model: same in-site predictions (AdaBN only changes the target's BatchNorm statistics)
+    assert results.loc["adabn", "insite_auc"] == results.loc["erm", "insite_auc"]

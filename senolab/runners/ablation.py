@@ -135,13 +135,13 @@ def run_ablation(config: ExperimentConfig, options: AblationOptions, out_dir: st
     began = time.perf_counter()
     out = writable_folder(Path(out_dir).absolute(), "ablation folder")  # before any work
     cohort = load_cohorts(config.data, progress)
-    run = RunDir.open_or_create(out, config.name, {**config.model_dump(), SECTION: options.model_dump()},
+    run = RunDir.open_or_create(out, config.name, _recorded(config, options),
                                 tracking_uri=tracking_uri, data_fingerprint=table_fingerprint(cohort.table),
                                 command="ablation")
     config = _with_radiomics(config, options, cohort, out, progress)
     variants = plan_variants(options)
     _check_inputs(cohort, variants)
-    (out / "config.yaml").write_text(yaml.safe_dump({**config.model_dump(), SECTION: options.model_dump()},
+    (out / "config.yaml").write_text(yaml.safe_dump(_recorded(config, options),
                                                     sort_keys=False))
     tables, opted_in = [], []
     for fold in range(options.folds):
@@ -195,6 +195,11 @@ def _fold_auc(table: pd.DataFrame) -> float | None:
     labelled = table[table["label"].notna()]
     y = (labelled["label_name"] == "malignant").astype(int)
     return float(roc_auc_score(y, labelled["score"])) if y.nunique() == 2 else None
+
+
+def _recorded(config: ExperimentConfig, options) -> dict:
+    """The ablation's config as recorded (config.yaml, MLflow, summary.json): readable again as one."""
+    return {**config.model_dump(), "kind": "ablation", SECTION: options.model_dump()}
 
 
 def _fold_config(config: ExperimentConfig, folds: int, fold: int) -> ExperimentConfig:
@@ -307,7 +312,7 @@ def _report(predictions: pd.DataFrame, variants: list[Variant], config: Experime
     markdown = markdown_report(table, opted_in, options.folds, config.name)
     (out / "ablation.md").write_text(markdown)
     plot_ablation(table, out / "ablation_auc.png", config.name)
-    summary = evaluation.to_summary({**config.model_dump(), SECTION: options.model_dump()})
+    summary = evaluation.to_summary(_recorded(config, options))
     summary[SECTION] = {
         "reference": REFERENCE,
         "folds": options.folds,

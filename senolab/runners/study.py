@@ -29,19 +29,19 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field, model_validator
 
 from senolab.adaptation import METHODS
 from senolab.cohorts.splits import check_leakage, holdout
-from senolab.engine.config import ConfigError, ExperimentConfig, Strict, read_yaml_mapping, validate
+from senolab.engine.config import (ConfigError, MethodSpec, PairSpec, StudyConfig,  # noqa: F401 (callers import them from here)
+                                   load_study_config, method_names_as_specs)
 from senolab.engine.data import PreparedData, load_cohorts, prepare, skipped_records
 from senolab.engine.predict import predict
-from senolab.engine.trainer import Trainer
+from senolab.engine.trainer import Trainer, pick_device
 from senolab.evaluation import METRICS, POOLED, compare_methods, evaluate
 from senolab.evaluation.plots import plot_training_curves
 from senolab.evaluation.report import SUMMARY_FILE, WORST, json_safe, load_summary, worst_sites
@@ -49,72 +49,11 @@ from senolab.paths import writable_folder
 from senolab.registry import Registry
 from senolab.runners.packaged import load_packaged_model, save_package
 from senolab.tracking.config_guard import claim_folder
-from senolab.tracking.provenance import table_fingerprint
+from senolab.tracking.provenance import part_datasets, table_fingerprint
 from senolab.tracking.rundir import RunDir, unit_name
 
 CURVES_FILE = "training_curves.png"
 PACKAGE = "model"  # the unit's model with its preprocessing (senolab.runners.packaged)
-
-
-class MethodSpec(Strict):
-    name: str
-    options: dict[str, Any] = {}
-    # How results, run folders and figures name this entry (default: the method's name); two
-    # entries of one method, e.g. CORAL at two weights, need a label each.
-    label: str = ""
-
-    @model_validator(mode="after")
-    def _label_defaults_to_name(self):
-        self.label = self.label or self.name
-        return self
-
-
-class PairSpec(Strict):
-    sources: list[str]
-    target: str
-
-
-class StudyConfig(Strict):
-    name: str = "study"
-    base: ExperimentConfig = ExperimentConfig()
-    protocol: Literal["loso", "pairwise"] = "loso"
-    pairs: list[PairSpec] = []
-    methods: list[MethodSpec] = [MethodSpec(name="erm")]
-    seeds: list[int] = [0]
-    selection: Literal["source_val", "target_entropy", "oracle"] = "source_val"
-    source_test_fraction: float = Field(0.2, gt=0, lt=1)
-    embedding_figure: bool = True
-
-    @model_validator(mode="after")
-    def _methods_are_known(self):
-        # checked when the config is read, before any model trains
-        unknown = [m.name for m in self.methods if m.name not in METHODS]
-        if unknown:
-            raise ValueError(f"methods: unknown {unknown}; known: {METHODS.names()}")
-        return self
-
-    @model_validator(mode="after")
-    def _labels_are_unique(self):
-        labels = [m.label for m in self.methods]
-        repeated = sorted({label for label in labels if labels.count(label) > 1})
-        if repeated:
-            raise ValueError(f"methods: {repeated} appear more than once; give each entry its own label "
-                             "(e.g. {name: coral, options: {weight: 10}, label: coral_w10})")
-        return self
-
-
-def load_study_config(path: str | Path) -> StudyConfig:
-    raw = read_yaml_mapping(path)
-    if "methods" in raw:
-        raw["methods"] = method_names_as_specs(raw["methods"])
-    return validate(StudyConfig, raw, str(path))
-
-
-def method_names_as_specs(methods):
-    """``methods: [erm, dann]`` is shorthand for ``[{name: erm}, {name: dann}]``."""
-    if not isinstance(methods, list):
-        return methods
-    return [{"name": m} if isinstance(m, str) else m for m in methods]
 
 
 # Protocols: how a study chooses its (sources, target) pairs from the data's sites.
@@ -158,6 +97,11 @@ class StudyUnit:
     def name(self) -> str:
         return unit_name(self.spec.label, self.pair.target, self.seed)
 
+    def datasets(self) -> list[dict]:
+        """The unit's parts (train, val, source_test and the unseen target as test) for MLflow."""
+        cohort = self.data.cohort
+        return part_datasets(cohort.table, self.data.parts, str(cohort.root or cohort.name))
+
     def tags(self) -> dict[str, str]:
         table = self.data.cohort.table
         cohorts = ",".join(sorted(table.loc[table["site"] == self.pair.target, "cohort"].astype(str).unique()))
@@ -191,7 +135,10 @@ def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, c
         for spec in config.methods:
             for seed in config.seeds:
                 unit = StudyUnit(pair, spec, seed, out / "runs" / pair.target / spec.label / f"seed{seed}", data)
-                result = _run_once(config, unit, progress, callbacks=[run.live(unit.name, tags=unit.tags())])
+                erm = _erm_unit(config, unit)
+                if erm is not None:  # train (or find) ERM first: this method only adapts its model
+                    _run_once(config, erm, progress, callbacks=[run.live(erm.name, tags=erm.tags())])
+                result = _run_once(config, unit, progress, callbacks=[run.live(unit.name, tags=unit.tags())], erm=erm)
                 rows.append(result["row"])
                 cases.append(pd.read_parquet(unit.folder / "predictions.parquet"))
                 aggregates = load_summary(unit.folder / SUMMARY_FILE)["aggregates"][spec.label]
@@ -223,13 +170,17 @@ def _log_unit(run, unit: StudyUnit, result: dict, aggregates: dict, on_unit) -> 
                                         "best_epoch", "n_target") if row.get(k) is not None and np.isfinite(row[k])})
     files = [unit.folder / name for name in ("predictions.parquet", SUMMARY_FILE, "results.csv", "embeddings.npz",
                                              PACKAGE)]
-    files.append(plot_training_curves(pd.read_csv(unit.folder / "history.csv"), unit.folder / "figures" / CURVES_FILE,
-                                      title=f"{unit.spec.label} -> {unit.pair.target}: training",
-                                      selected_epoch=int(row["best_epoch"])))
+    history, tags = unit.folder / "history.csv", unit.tags()
+    if history.exists():
+        files.append(plot_training_curves(pd.read_csv(history), unit.folder / "figures" / CURVES_FILE,
+                                          title=f"{unit.spec.label} -> {unit.pair.target}: training",
+                                          selected_epoch=int(row["best_epoch"])))
+    else:  # an inference-only method: its epochs are ERM's, logged with the ERM unit
+        history, tags = None, {**tags, "trained_as": "erm"}
     files += on_unit(unit) if on_unit is not None else []
-    run.log_unit(unit.name, metrics=metrics, tags=unit.tags(), files=files, history=unit.folder / "history.csv",
+    run.log_unit(unit.name, metrics=metrics, tags=tags, files=files, history=history,
                  params={"method": {"name": unit.spec.name, **unit.spec.options}, "seed": unit.seed},
-                 start_ms=result.get("start_ms"), folder=unit.folder)
+                 start_ms=result.get("start_ms"), folder=unit.folder, datasets=unit.datasets())
 
 
 def study_headline(results: pd.DataFrame) -> dict[str, float]:
@@ -264,35 +215,36 @@ def pair_data(config: StudyConfig, cohort, pair: PairSpec) -> PreparedData:
     return data
 
 
-def _run_once(config: StudyConfig, unit: StudyUnit, progress: bool, callbacks=()) -> dict:
+def _run_once(config: StudyConfig, unit: StudyUnit, progress: bool, callbacks=(),
+              erm: StudyUnit | None = None) -> dict:
     """Train, select, adapt, predict and evaluate one unit; a unit with ``result.json`` is
-    done and read back (a half-trained one resumes from its ``last.pt``)."""
+    done and read back (a half-trained one resumes from its ``last.pt``). ``erm``: the
+    finished ERM unit whose trained model an inference-only method adapts instead of
+    training its own."""
     done = unit.folder / "result.json"
     if done.exists():
         return json.loads(done.read_text())
     data, spec, seed, run_dir = unit.data, unit.spec, unit.seed, unit.folder
+    run_dir.mkdir(parents=True, exist_ok=True)
     started = int(time.time() * 1000)
     base = config.base.model_copy(deep=True)
     base.train.seed = seed
-    rule = SELECTIONS.get(config.selection)
-    base.train.early_stopping.metric = rule.metric
-    trainer = Trainer(base, data, run_dir, method=spec.name, method_options=spec.options,
-                      target_part="test" if METHODS.get(spec.name).transductive else None,
-                      selection=rule.score, callbacks=callbacks)
-    trained = trainer.fit(progress=progress)
-    method = trained.method
+    if erm is not None:
+        model, method, best_epoch = _erm_model(erm, spec, base)
+    else:
+        model, method, best_epoch = _train_unit(config, unit, base, progress, callbacks)
+    device = pick_device(base.train.device)
     target_loader = data.loader("test", base.train.batch_size, labelled=False)
-    adapted = method.adapt_for_inference(trained.model, target_loader)
-    target = predict(adapted, data.loader("test", base.train.batch_size), data, trainer.device,
+    adapted = method.adapt_for_inference(model, target_loader)
+    target = predict(adapted, data.loader("test", base.train.batch_size), data, device,
                      harmonise=lambda b: method.harmonise(b, "target"))
-    source = predict(trained.model, data.loader("source_test", base.train.batch_size), data, trainer.device,
+    source = predict(model, data.loader("source_test", base.train.batch_size), data, device,
                      harmonise=lambda b: method.harmonise(b, "source"))
     table = pd.concat([target.assign(domain="target"), source.assign(domain="source")], ignore_index=True)
     table = table.assign(method=spec.label, seed=seed, transductive=method.transductive, selection=config.selection)
     table.to_parquet(run_dir / "predictions.parquet")
-    site_acc = domain_gap(_embeddings(adapted, trained.model, data, method, trainer.device, base.train.batch_size),
-                          run_dir)
-    row = _result_row(table, spec.label, seed, method.transductive, config, site_acc, trained.best_epoch, run_dir)
+    site_acc = domain_gap(_embeddings(adapted, model, data, method, device, base.train.batch_size), run_dir)
+    row = _result_row(table, spec.label, seed, method.transductive, config, site_acc, best_epoch, run_dir)
     # One model file per unit: the one that predicted the target (after the method's
     # inference-time adaptation). The trainer's resume checkpoints are spent once it is done.
     shutil.rmtree(run_dir / PACKAGE, ignore_errors=True)  # left by a run stopped before it was done
@@ -302,6 +254,36 @@ def _run_once(config: StudyConfig, unit: StudyUnit, progress: bool, callbacks=()
     for spent in ("last.pt", "best.pt"):
         (run_dir / spent).unlink(missing_ok=True)
     return result
+
+
+def _train_unit(config: StudyConfig, unit: StudyUnit, base: ExperimentConfig, progress: bool, callbacks):
+    """The unit's own training, selected by the study's rule: (model, method, best epoch)."""
+    rule = SELECTIONS.get(config.selection)
+    base.train.early_stopping.metric = rule.metric
+    trainer = Trainer(base, unit.data, unit.folder, method=unit.spec.name, method_options=unit.spec.options,
+                      target_part="test" if METHODS.get(unit.spec.name).transductive else None,
+                      selection=rule.score, callbacks=callbacks)
+    trained = trainer.fit(progress=progress)
+    return trained.model, trained.method, trained.best_epoch
+
+
+def _erm_model(erm: StudyUnit, spec: MethodSpec, base: ExperimentConfig):
+    """ERM's trained model of the same target and seed, for a method that trains as ERM
+    does (``inference_only``): (model, the method, ERM's best epoch)."""
+    method = METHODS.build(spec.name, **spec.options)
+    model = load_packaged_model(erm.folder / PACKAGE, erm.data).to(pick_device(base.train.device))
+    best_epoch = json.loads((erm.folder / "result.json").read_text())["row"]["best_epoch"]
+    return model, method, best_epoch
+
+
+def _erm_unit(config: StudyConfig, unit: StudyUnit) -> StudyUnit | None:
+    """The plain ERM unit an inference-only method can reuse, if the study has one."""
+    if not METHODS.get(unit.spec.name).inference_only:
+        return None
+    erm = next((m for m in config.methods if m.name == "erm" and not m.options), None)
+    if erm is None:
+        return None
+    return StudyUnit(unit.pair, erm, unit.seed, unit.folder.parents[1] / erm.label / unit.folder.name, unit.data)
 
 
 def load_unit_model(unit: StudyUnit) -> torch.nn.Module:
