@@ -22,7 +22,8 @@ setup: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks
 
-# The MLflow UI on the store `make run` writes (http://127.0.0.1:5000).
+# The MLflow UI on the store `make run` writes (http://127.0.0.1:5000; `make run` prints
+# the address of its experiment's runs page).
 mlflow: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/quickstart/mlflow.db
 

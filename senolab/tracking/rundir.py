@@ -166,7 +166,10 @@ class RunDir:
     def tracking_message(self) -> str:
         tracking = self.tracking
         if tracking["state"] == OK and tracking["uri"] is None:
-            return f"MLflow (embedded store): {ui_command(self.root)}"
+            # the page's workflowType opens MLflow's model-training view (a fresh browser opens GenAI's)
+            page = (f", then open http://127.0.0.1:5000/#/experiments/{tracking['experiment_id']}"
+                    "/runs?workflowType=machine_learning" if tracking.get("experiment_id") else "")
+            return f"MLflow (embedded store): {ui_command(self.root)}{page}"
         if tracking["state"] == OK:
             return f"MLflow: experiment {self.study!r} at {tracking['uri']}"
         why = "was off" if tracking["state"] == OFF else f"failed ({tracking['error']})"
@@ -266,7 +269,7 @@ class RunDir:
             if target == self.tracking["uri"]:
                 self._flag_failure(err, target)
             raise
-        self.manifest["tracking"] = {"uri": target, "state": OK, "error": None,
+        self.manifest["tracking"] = {"uri": target, "state": OK, "error": None, "experiment_id": mirror.experiment_id,
                                      "synced": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         self._save()
         return counts
