@@ -103,3 +103,16 @@ def test_evaluate_refuses_a_folder_that_is_not_a_training_run(workdir, capsys):
     assert senolab(["evaluate", "a_file", "--on", "."]) == 2
     assert "expected a training run folder, found a file" in capsys.readouterr().err
     shutil.rmtree("not_a_run")
+
+
+def test_fusion_ablation_refuses_a_folder_of_another_config(workdir, capsys):
+    from test_fusion import TINY_ABLATION
+
+    Path("ablation.yaml").write_text(TINY_ABLATION)
+    assert senolab(["fusion", "ablate", "ablation.yaml", "--out", "runs/ablation", "--quiet"]) == 0
+    done = sorted(str(p) for p in Path("runs/ablation/runs").rglob("done.json"))
+    assert len(done) == 2 * 3  # per fold: the stage-1 image model and two variants
+    capsys.readouterr()
+    Path("other.yaml").write_text(TINY_ABLATION.replace("folds: 2", "folds: 3"))
+    assert senolab(["fusion", "ablate", "other.yaml", "--out", "runs/ablation", "--quiet"]) == 2
+    assert "ablation.folds: 2 -> 3" in capsys.readouterr().err

@@ -41,10 +41,10 @@ def test_study_writes_results_per_method_and_target_and_resumes(tmp_path):
     finished = out / "runs" / "site_a" / "erm" / "seed0"
     stamp = (finished / "model" / "artifacts" / "model.pt").stat().st_mtime_ns
     redo = out / "runs" / "site_b" / "dann" / "seed0"
-    (redo / "result.json").unlink()
+    (redo / "done.json").unlink()
     assert main(["study", str(path), "--out", str(out), "--quiet"]) == 0
     assert (finished / "model" / "artifacts" / "model.pt").stat().st_mtime_ns == stamp
-    assert (redo / "result.json").exists()
+    assert (redo / "done.json").exists()
     again = pd.read_csv(out / "results.csv")
     pd.testing.assert_frame_equal(again.drop(columns=["site_classifier_acc"]),
                                   results.drop(columns=["site_classifier_acc"]))

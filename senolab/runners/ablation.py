@@ -39,7 +39,8 @@ DeLong p against image only, AUC with the tabular inputs withheld), ``ablation.m
 of every variant, plus an ``ablation`` section), ``predictions.parquet`` (every
 out-of-fold prediction) and ``runs/fold<k>/<variant>/`` (each run's predictions and
 history, and the stage-1 encoder in ``runs/fold<k>/pretrained_image/``; a rerun with
-the same config reuses them).
+the same config reuses every run marked done, and another config is refused: the run-folder
+convention of :mod:`senolab.tracking.runfolder`).
 """
 from __future__ import annotations
 
@@ -55,12 +56,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from senolab.engine.config import (AblationOptions, ConfigError, ExperimentConfig,  # noqa: F401 (callers import them from here)
                                    load_ablation)
 from senolab.runners.packaged import save_package
 from senolab.tracking.records import slug
+from senolab.tracking.runfolder import claim_folder, done_record, mark_done
 from senolab.tracking.rundir import unit_name
 
 SECTION = "ablation"
@@ -134,6 +135,7 @@ def run_ablation(config: ExperimentConfig, options: AblationOptions, out_dir: st
 
     began = time.perf_counter()
     out = writable_folder(Path(out_dir).absolute(), "ablation folder")  # before any work
+    claim_folder(out, _recorded(config, options), command="senolab fusion ablate")
     cohort = load_cohorts(config.data, progress)
     run = RunDir.open_or_create(out, config.name, _recorded(config, options),
                                 tracking_uri=tracking_uri, data_fingerprint=table_fingerprint(cohort.table),
@@ -141,8 +143,6 @@ def run_ablation(config: ExperimentConfig, options: AblationOptions, out_dir: st
     config = _with_radiomics(config, options, cohort, out, progress)
     variants = plan_variants(options)
     _check_inputs(cohort, variants)
-    (out / "config.yaml").write_text(yaml.safe_dump(_recorded(config, options),
-                                                    sort_keys=False))
     tables, opted_in = [], []
     for fold in range(options.folds):
         fold_config = _fold_config(config, options.folds, fold)
@@ -230,17 +230,18 @@ def _pretrained_encoder(config: ExperimentConfig, data, run_dir: Path, progress:
     """Stage 1: the fold's image-only model; its encoder weights start every variant of stage 2."""
     weights = run_dir / "encoder.pt"
     start_ms = None
-    if not _reusable(run_dir, config, weights):
+    if done_record(run_dir) is None:
         model, start_ms = _train(config, data, run_dir, progress, tracked)
         torch.save(model.encoder.state_dict(), weights)
-        _stamp(run_dir, config)
+        mark_done(run_dir, {"encoder": weights.name})
     tracked.log(run_dir, [], [], start_ms)
     return weights
 
 
 def _run_variant(config: ExperimentConfig, data, run_dir: Path, progress: bool, tracked: Tracked) -> list[pd.DataFrame]:
     """Test-part predictions of one variant on one fold: as is, and (fused variants) with the
-    tabular inputs withheld, as for a cohort that records none. Reused when this exact run exists."""
+    tabular inputs withheld, as for a cohort that records none. Reused when the run is done
+    (the ablation folder is only resumed with the config that started it)."""
     from senolab.engine.predict import predict
     from senolab.engine.trainer import pick_device
     from senolab.fusion.graph import refresh_population
@@ -248,7 +249,7 @@ def _run_variant(config: ExperimentConfig, data, run_dir: Path, progress: bool, 
     products = [run_dir / "predictions.parquet"]
     if config.model.fusion is not None:
         products.append(run_dir / "predictions_tabular_withheld.parquet")
-    if all(_reusable(run_dir, config, p) for p in products):
+    if done_record(run_dir) is not None:
         tables = [pd.read_parquet(p) for p in products]
         tracked.log(run_dir, tables, [p.stem for p in products], None)
         return tables
@@ -261,9 +262,9 @@ def _run_variant(config: ExperimentConfig, data, run_dir: Path, progress: bool, 
               for source in (data, without_tabular)[: len(products)]]
     for table, path in zip(tables, products):
         table.to_parquet(path)
-    shutil.rmtree(run_dir / "model", ignore_errors=True)  # a package of another config's run
+    shutil.rmtree(run_dir / "model", ignore_errors=True)  # left by a run stopped before it was done
     save_package(run_dir / "model", model, config, data)
-    _stamp(run_dir, config)
+    mark_done(run_dir, {"predictions": [p.name for p in products]})
     tracked.log(run_dir, tables, [p.stem for p in products], start_ms)
     return tables
 
@@ -280,20 +281,6 @@ def _train(config: ExperimentConfig, data, run_dir: Path, progress: bool,
         result = Trainer(config, data, checkpoints, callbacks=[live]).fit(resume=False, progress=progress)
     pd.DataFrame(result.history).to_csv(run_dir / "history.csv", index=False)
     return result.model, live.start_ms
-
-
-def _fingerprint(config: ExperimentConfig) -> str:
-    return json.dumps(config.model_dump(), sort_keys=True, default=str)
-
-
-def _reusable(run_dir: Path, config: ExperimentConfig, product: Path) -> bool:
-    """Whether ``product`` was made by a run of exactly this config (a rerun then skips it)."""
-    stamp = run_dir / "config.json"
-    return product.exists() and stamp.exists() and stamp.read_text() == _fingerprint(config)
-
-
-def _stamp(run_dir: Path, config: ExperimentConfig) -> None:
-    (run_dir / "config.json").write_text(_fingerprint(config))
 
 
 # ------------------------------------------------------------------------- reporting

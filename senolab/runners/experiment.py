@@ -5,12 +5,13 @@ The run directory is complete on its own (docs/contracts.md#run-folder): ``confi
 ``split.csv``, ``model/`` (the trained model with its preprocessing, an MLflow pyfunc
 model: :mod:`senolab.runners.packaged`), ``predictions.parquet`` (one row per test case),
 ``summary.json`` and ``results.csv``, and ``runs.json`` with the embedded MLflow store.
-A finished folder is reused as it is (``model/`` marks it done); a half-trained one
-resumes from the trainer's ``last.pt``, which is removed once the model is packaged.
+A finished folder (``done.json``, docs/contracts.md#run-folder) is reused as it is; a
+half-trained one resumes from the trainer's ``last.pt``, removed once the model is packaged.
 """
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +27,7 @@ from senolab.paths import require_folder, writable_folder
 from senolab.runners.packaged import PREPROCESSING, load_packaged_model, restored_data, save_package
 from senolab.tracking import RunDir, table_fingerprint, unit_metrics
 from senolab.tracking.provenance import part_datasets
-from senolab.tracking.config_guard import claim_folder
+from senolab.tracking.runfolder import claim_folder, done_record, mark_done
 
 UNIT = "erm"  # what `senolab train` logs: one model trained without adaptation
 
@@ -49,9 +50,7 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str | Path, progress: 
     table = predict(model, data.loader("test", config.train.batch_size), data, pick_device(config.train.device))
     summary = _write_evaluation(table, out, config, config.model_dump(), progress, skipped_records(data.cohort))
     if not run.is_logged(UNIT):
-        metrics = unit_metrics(summary["aggregates"][UNIT], None)
-        if best_epoch is not None:
-            metrics["best_epoch"] = best_epoch
+        metrics = {**unit_metrics(summary["aggregates"][UNIT], None), "best_epoch": best_epoch}
         files = [out / name for name in ("predictions.parquet", "summary.json", "results.csv", "split.csv", "model")]
         run.log_unit(UNIT, metrics=metrics, tags={"method": UNIT}, files=files, history=out / "history.csv",
                      start_ms=live.start_ms, folder=out,
@@ -62,12 +61,15 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str | Path, progress: 
 
 def _trained(config: ExperimentConfig, data: PreparedData, out: Path, live, progress: bool):
     """The packaged model of a finished folder, or train (resuming) and package it.
-    Returns the model and its best epoch (None when it was trained earlier)."""
+    Returns the model and its best epoch."""
     package = out / "model"
-    if package.is_dir():
-        return load_packaged_model(package, data), None
+    done = done_record(out)
+    if done is not None:
+        return load_packaged_model(package, data), done["best_epoch"]
     result = Trainer(config, data, out, callbacks=[live]).fit(progress=progress)
+    shutil.rmtree(package, ignore_errors=True)  # left by a run stopped before it was done
     save_package(package, result.model, config, data)
+    mark_done(out, {"best_epoch": result.best_epoch})
     for spent in ("last.pt", "best.pt"):  # the package holds the one copy of the model
         (out / spent).unlink(missing_ok=True)
     return result.model, result.best_epoch

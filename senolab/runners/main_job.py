@@ -31,7 +31,7 @@ def run_main(config: RunConfig, out_dir: str | Path, progress: bool = True) -> d
     from senolab.engine.data import load_cohorts
     from senolab.paths import writable_folder
     from senolab.tracking import RunDir, table_fingerprint
-    from senolab.tracking.config_guard import claim_folder
+    from senolab.tracking.runfolder import claim_folder
 
     out = writable_folder(Path(out_dir).absolute(), "run folder")
     claim_folder(out, config.model_dump(), ignore=TRACKING_KEYS, command="senolab run")

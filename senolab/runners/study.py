@@ -16,7 +16,7 @@ seed) the runner
 5. measures the domain gap that remains in the embeddings: the cross-validated accuracy
    of a logistic-regression site classifier (source vs target), 0.5 = indistinguishable.
 
-Each run writes ``runs/<target>/<method>/seed<k>/``; a run with ``result.json`` is done
+Each run writes ``runs/<target>/<method>/seed<k>/``; a run with ``done.json`` is done
 and skipped when the study is started again, and a half-trained run resumes from its
 ``last.pt``, so a killed study continues where it stopped. ``study.yaml`` records the
 config: a study folder is only resumed with the same one (another is refused, naming the
@@ -48,7 +48,7 @@ from senolab.evaluation.report import SUMMARY_FILE, WORST, json_safe, load_summa
 from senolab.paths import writable_folder
 from senolab.registry import Registry
 from senolab.runners.packaged import load_packaged_model, save_package
-from senolab.tracking.config_guard import claim_folder
+from senolab.tracking.runfolder import claim_folder, done_record, mark_done
 from senolab.tracking.provenance import part_datasets, table_fingerprint
 from senolab.tracking.rundir import RunDir, unit_name
 
@@ -217,13 +217,13 @@ def pair_data(config: StudyConfig, cohort, pair: PairSpec) -> PreparedData:
 
 def _run_once(config: StudyConfig, unit: StudyUnit, progress: bool, callbacks=(),
               erm: StudyUnit | None = None) -> dict:
-    """Train, select, adapt, predict and evaluate one unit; a unit with ``result.json`` is
+    """Train, select, adapt, predict and evaluate one unit; a unit with ``done.json`` is
     done and read back (a half-trained one resumes from its ``last.pt``). ``erm``: the
     finished ERM unit whose trained model an inference-only method adapts instead of
     training its own."""
-    done = unit.folder / "result.json"
-    if done.exists():
-        return json.loads(done.read_text())
+    done = done_record(unit.folder)
+    if done is not None:
+        return done
     data, spec, seed, run_dir = unit.data, unit.spec, unit.seed, unit.folder
     run_dir.mkdir(parents=True, exist_ok=True)
     started = int(time.time() * 1000)
@@ -249,8 +249,9 @@ def _run_once(config: StudyConfig, unit: StudyUnit, progress: bool, callbacks=()
     # inference-time adaptation). The trainer's resume checkpoints are spent once it is done.
     shutil.rmtree(run_dir / PACKAGE, ignore_errors=True)  # left by a run stopped before it was done
     save_package(run_dir / PACKAGE, adapted, base, data)
-    result = {"row": row, "start_ms": started, "end_ms": int(time.time() * 1000)}
-    done.write_text(json.dumps(result, indent=1, default=float))
+    result = json.loads(json.dumps({"row": row, "start_ms": started, "end_ms": int(time.time() * 1000)},
+                                   default=float))  # as read back from done.json
+    mark_done(run_dir, result)
     for spent in ("last.pt", "best.pt"):
         (run_dir / spent).unlink(missing_ok=True)
     return result
@@ -272,7 +273,7 @@ def _erm_model(erm: StudyUnit, spec: MethodSpec, base: ExperimentConfig):
     does (``inference_only``): (model, the method, ERM's best epoch)."""
     method = METHODS.build(spec.name, **spec.options)
     model = load_packaged_model(erm.folder / PACKAGE, erm.data).to(pick_device(base.train.device))
-    best_epoch = json.loads((erm.folder / "result.json").read_text())["row"]["best_epoch"]
+    best_epoch = done_record(erm.folder)["row"]["best_epoch"]
     return model, method, best_epoch
 
 

@@ -1,13 +1,20 @@
-"""Resuming never reuses results made with another configuration.
+"""The run-folder convention every runner follows (train, study, fusion ablation, main job).
 
-Every runner that resumes (a training run, a study, the main job) records the config it
-was started with in its folder. Started again on that folder, it compares: the same
-config resumes; a changed one is refused with the differing keys named, before any work,
-because the finished parts would otherwise be reported under settings they never had.
+- **Config**: :func:`claim_folder` records the config a folder was started with. Started
+  again on that folder, a runner compares: the same config resumes; a changed one is
+  refused with the differing keys named, before any work, because the finished parts
+  would otherwise be reported under settings they never had.
+- **Done**: a unit of work (a training run, a study's (target, method, seed), an
+  ablation's (fold, variant)) is finished when its folder holds ``done.json``
+  (:func:`mark_done`, written last and atomically, with what the runner needs to report
+  the unit again); :func:`done_record` reads it back, so a rerun skips the unit.
+- **Resume**: a unit without ``done.json`` is redone; the trainer resumes it from its
+  ``last.pt`` where one was left.
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -17,6 +24,7 @@ from senolab.errors import InputError
 from senolab.tracking.records import flatten_params
 
 SHOWN = 8  # differing keys named in the message; the rest are counted
+DONE = "done.json"
 
 
 class ConfigChanged(InputError):
@@ -66,3 +74,18 @@ def _message(path: Path, changed: list[str], command: str) -> str:
     again = f" ({command})" if command else ""
     return (f"{path.parent} holds results made with another configuration{again}: {shown}. "
             f"Resuming would report them under the new settings: give another --out, or delete that folder")
+
+
+def mark_done(folder: str | Path, record: Mapping[str, Any]) -> Path:
+    """Mark the unit in ``folder`` finished, with ``record`` (plain JSON data)."""
+    path = Path(folder) / DONE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_plain(record), indent=1) + "\n")
+    os.replace(tmp, path)  # atomic: a unit killed while marking stays unfinished
+    return path
+
+
+def done_record(folder: str | Path) -> dict | None:
+    """The record of a finished unit, or None while it is not done."""
+    path = Path(folder) / DONE
+    return json.loads(path.read_text()) if path.is_file() else None
