@@ -67,13 +67,18 @@ def test_encoder_checkpoint_refuses_in_one_line(kind, tmp_path):
     assert not (tmp_path / "touched").exists()
 
 
+def train_with_encoder_checkpoint(folder: Path, checkpoint: str) -> subprocess.CompletedProcess:
+    """`senolab train` in ``folder`` on a tiny config whose model.checkpoint is ``checkpoint``."""
+    (folder / "config.yaml").write_text(
+        "data:\n  synthetic: {n_sites: 2, images_per_site: 30, image_size: 64}\n  image_size: 32\n"
+        f"model:\n  checkpoint: {checkpoint}\ntrain:\n  epochs: 1\nevaluation:\n  bootstrap: 0\n")
+    return subprocess.run([sys.executable, "-m", "senolab.cli", "train", "config.yaml", "--out", "out", "--quiet"],
+                          cwd=folder, capture_output=True, text=True, timeout=300)
+
+
 def test_train_refuses_a_config_pointing_at_a_refused_encoder_checkpoint(tmp_path):
     refused_file("pickles_a_call", tmp_path)
-    (tmp_path / "config.yaml").write_text(
-        "data:\n  synthetic: {n_sites: 2, images_per_site: 30, image_size: 64}\n  image_size: 32\n"
-        "model:\n  checkpoint: pickles_a_call.pt\ntrain:\n  epochs: 1\nevaluation:\n  bootstrap: 0\n")
-    result = subprocess.run([sys.executable, "-m", "senolab.cli", "train", "config.yaml", "--out", "out", "--quiet"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = train_with_encoder_checkpoint(tmp_path, "pickles_a_call.pt")
     assert result.returncode == 2, result.stderr[-3000:]
     # (data preparation may print progress and sklearn warnings before it)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -84,11 +89,7 @@ def test_train_refuses_a_config_pointing_at_a_refused_encoder_checkpoint(tmp_pat
 
 
 def test_train_names_a_missing_encoder_checkpoint_in_one_line(tmp_path):
-    (tmp_path / "config.yaml").write_text(
-        "data:\n  synthetic: {n_sites: 2, images_per_site: 30, image_size: 64}\n  image_size: 32\n"
-        "model:\n  checkpoint: weights/encoder.pt\ntrain:\n  epochs: 1\nevaluation:\n  bootstrap: 0\n")
-    result = subprocess.run([sys.executable, "-m", "senolab.cli", "train", "config.yaml", "--out", "out", "--quiet"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = train_with_encoder_checkpoint(tmp_path, "weights/encoder.pt")
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last == "error: weights/encoder.pt: no checkpoint here" and "Traceback" not in result.stderr
