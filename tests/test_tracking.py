@@ -404,7 +404,8 @@ def test_train_is_tracked_live_and_its_model_loads_with_pyfunc(server, tmp_path,
         assert 0 < (run.info.end_time - run.info.start_time) / 1000 <= wall + 1
     tracking_uri(server.uri)
     model = mlflow.pyfunc.load_model(f"runs:/{unit.info.run_id}/model")
-    out = model.predict(pd.DataFrame({"image": synthetic_pngs(3)}))
+    # metadata fields may be given by name, numbers as numbers; absent ones count as missing
+    out = model.predict(pd.DataFrame({"image": synthetic_pngs(3), "age": [45.0, None, 61.0]}))
     assert len(out) == 3 and np.allclose(out[["prob_benign", "prob_malignant"]].sum(1), 1)
     assert np.asarray(out["mask"][0]).shape == (32, 32) and len(out["bbox"][0]) == 4
 

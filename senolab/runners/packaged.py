@@ -84,8 +84,10 @@ def save_package(folder: str | Path, model: torch.nn.Module, config: ExperimentC
     with tempfile.TemporaryDirectory(prefix="senolab-package-") as tmp:
         weights = save_checkpoint(Path(tmp) / WEIGHTS, model=model.state_dict(), config=config.model_dump())
         (Path(tmp) / PREPROCESSING).write_text(json.dumps(state, indent=1))
-        inputs = [ColSpec("string", "image")] + [ColSpec("string", c["name"], required=False)
-                                                  for c in state.get("metadata", {}).get("columns", [])]
+        # numeric metadata as numbers, the others as text ('|'-separated for multi-valued fields)
+        inputs = [ColSpec("string", "image")] + [
+            ColSpec("double" if c["kind"] == "numeric" else "string", c["name"], required=False)
+            for c in state.get("metadata", {}).get("columns", [])]
         mlflow.pyfunc.save_model(
             folder, python_model=PackagedModel(),
             artifacts={"weights": str(weights), "preprocessing": str(Path(tmp) / PREPROCESSING)},
