@@ -38,11 +38,10 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_speed import count_params, flops_per_image, inference_ms  # noqa: E402
 
-from senolab.checkpoint import load_checkpoint  # noqa: E402
 from senolab.engine.config import load_config  # noqa: E402
 from senolab.engine.data import prepare  # noqa: E402
 from senolab.runners.experiment import train_and_evaluate  # noqa: E402
-from senolab.engine.trainer import model_from_config  # noqa: E402
+from senolab.runners.packaged import load_packaged_model  # noqa: E402
 from senolab.models import multitask_losses  # noqa: E402
 
 TEST_NAMES = {"busbra": "BUS-BRA official fold 1", "busi": "BUSI held-out 20%"}
@@ -161,8 +160,7 @@ def main() -> None:
     after = cpu_seconds()
     context["load_end"] = os.getloadavg()[0]
     history = pd.read_csv(args.out / "history.csv")
-    model = model_from_config(config, data)
-    model.load_state_dict(load_checkpoint(args.out / "best.pt", "cpu")["model"])
+    model = load_packaged_model(args.out / "model", data)  # the run's one copy of the trained model
     quality = quality_rows(pd.read_csv(args.out / "results.csv"))
     speed = speed_figures(model, data, history, config.train.batch_size,
                           {k: after[k] - before[k] for k in before})
