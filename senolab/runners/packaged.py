@@ -21,6 +21,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from senolab.engine.config import ExperimentConfig
 from senolab.engine.data import PreparedData
 
 WEIGHTS, PREPROCESSING = "model.pt", "preprocessing.json"
+PROGRESS_BARS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 INPUT_SITE = "input"  # the site of images given to a packaged model (not one it trained on)
 
 
@@ -75,7 +78,6 @@ def restored_metadata(state: dict | None):
 # ----------------------------------------------------------------------------- the package
 def save_package(folder: str | Path, model: torch.nn.Module, config: ExperimentConfig, data: PreparedData) -> Path:
     """Write ``folder`` (must not exist) as an MLflow pyfunc model; returns it."""
-    import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
@@ -88,13 +90,39 @@ def save_package(folder: str | Path, model: torch.nn.Module, config: ExperimentC
         inputs = [ColSpec("string", "image")] + [
             ColSpec("double" if c["kind"] == "numeric" else "string", c["name"], required=False)
             for c in state.get("metadata", {}).get("columns", [])]
-        mlflow.pyfunc.save_model(
-            folder, python_model=PackagedModel(),
-            artifacts={"weights": str(weights), "preprocessing": str(Path(tmp) / PREPROCESSING)},
-            signature=ModelSignature(inputs=Schema(inputs)),
-            pip_requirements=_requirements(),  # given, so MLflow does not probe the environment
-        )
+        _save_pyfunc(folder, weights, Path(tmp) / PREPROCESSING, ModelSignature(inputs=Schema(inputs)))
     return folder
+
+
+def _save_pyfunc(folder: Path, weights: Path, preprocessing: Path, signature) -> None:
+    import mlflow
+
+    # MLflow logs a warning that a python_model object is cloudpickled: PackagedModel is an
+    # importable class without state, so only a reference to it is stored. Not shown.
+    logger = logging.getLogger("mlflow.pyfunc")
+    level, bars = logger.level, os.environ.get(PROGRESS_BARS)
+    logger.setLevel(logging.ERROR)
+    os.environ[PROGRESS_BARS] = "false"  # checking the input example reloads the model: no bars for that
+    try:
+        mlflow.pyfunc.save_model(folder, python_model=PackagedModel(), signature=signature,
+                                 input_example=pd.DataFrame({"image": [_example_png()]}),
+                                 artifacts={"weights": str(weights), "preprocessing": str(preprocessing)},
+                                 pip_requirements=_requirements())  # given: MLflow does not probe the environment
+    finally:
+        logger.setLevel(level)
+        if bars is None:
+            os.environ.pop(PROGRESS_BARS, None)
+        else:
+            os.environ[PROGRESS_BARS] = bars
+
+
+def _example_png() -> str:
+    """A small gray gradient as a base64 PNG: the input example a served model documents."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (48, 1))).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def package_weights(folder: str | Path) -> Path:
