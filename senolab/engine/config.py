@@ -467,7 +467,7 @@ def check_kind(raw: dict, expected: str, path: str | Path) -> None:
         raise ConfigError(f"{path}: kind {found!r} is not a config kind; expected {expected!r} "
                           f"(kinds: {', '.join(KINDS)})")
     raise ConfigError(f"{path}: kind is {found!r}, expected {expected!r} "
-                      f"(a {found!r} config runs with `{COMMANDS[found]}`)")
+                      f"(a config of kind {found!r} runs with `{COMMANDS[found]}`)")
 
 
 def parse_config(raw: dict, source: str = "config") -> ExperimentConfig:
