@@ -15,7 +15,7 @@ import senolab
 HEAVY = ("torch", "pandas", "scipy", "mlflow")
 
 COMMANDS = [[], ["cohorts", "describe"], ["radiomics", "extract"], ["radiomics", "describe"], ["train"],
-            ["evaluate"], ["study"], ["run"], ["fusion", "ablate"], ["sync"]]
+            ["evaluate"], ["predict"], ["study"], ["run"], ["fusion", "ablate"], ["sync"]]
 
 # each package with an __init__ of its own -> {registry: (the module that defines it, every entry it lists once that module is imported)}
 REGISTRIES = {

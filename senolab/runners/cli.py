@@ -50,6 +50,19 @@ def register(subparsers) -> None:
     run.add_argument("--quiet", action="store_true")
     run.set_defaults(func=run_main_command)
 
+    predict = subparsers.add_parser(
+        "predict", help="apply a trained model to new images (no labels needed)",
+        description="Predict every image of INPUT (a file, or a folder searched recursively) with MODEL (a "
+                    "training run or study unit folder, a model/ folder, or an MLflow URI such as runs:/<id>/model). "
+                    "Writes predictions.csv, masks/, overlays/ and summary.json to --out.")
+    predict.add_argument("model", help="run folder, model folder or MLflow model URI")
+    predict.add_argument("input", type=Path, help="an image or a folder of images (PNG, JPEG, PGM, TIFF, BMP)")
+    predict.add_argument("--out", type=Path, required=True, help="output folder")
+    predict.add_argument("--threshold", type=float, default=0.5,
+                         help="malignancy probability from which a case is called malignant (default: %(default)s)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(func=run_predict)
+
     fusion = subparsers.add_parser("fusion", help="multimodal fusion studies",
                                    description="Fusion of images with clinical metadata and radiomics.")
     commands = fusion.add_subparsers(dest="fusion_command", metavar="COMMAND", required=True)
@@ -87,6 +100,19 @@ def _run_summary(report: dict, out: Path) -> str:
                      f"{'  (transductive)' if row.get('transductive') else ''}")
     lines += [f"report:  {(out / 'report.html').resolve()}  (and report.md)", report["tracking"]]
     return "\n".join(lines)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from senolab.runners.predict import predict_images
+
+    summary = predict_images(args.model, args.input, args.out, threshold=args.threshold, progress=not args.quiet)
+    print(f"{summary['predicted']} of {summary['found']} images predicted; written to {args.out.resolve()}")
+    by_reason: dict[str, list[str]] = {}
+    for item in summary["skipped"]:
+        by_reason.setdefault(item["reason"], []).append(item["file"])
+    for reason, files in by_reason.items():  # every file is listed in summary.json
+        print(f"  skipped {len(files)}: {reason} (e.g. {files[0]})")
+    return 0
 
 
 def run_study_command(args: argparse.Namespace) -> int:
