@@ -328,7 +328,8 @@ TINY_TRAIN = {
     "data": {"cohorts": ["synthetic"], "synthetic": {"n_sites": 2, "images_per_site": 16, "image_size": 64},
              "image_size": 32},
     "model": {"heads": {"classification": True, "segmentation": True, "bbox": True}},
-    "train": {"epochs": 3, "batch_size": 8, "early_stopping": {"patience": 5}},
+    # five epochs: a window of several polls in which the run is RUNNING with epochs logged
+    "train": {"epochs": 5, "batch_size": 8, "early_stopping": {"patience": 5}},
     "evaluation": {"bootstrap": 10},
 }
 
@@ -396,7 +397,7 @@ def test_train_is_tracked_live_and_its_model_loads_with_pyfunc(server, tmp_path,
     unit = next(r for r in runs if r.data.tags.get("method") == "erm")
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert unit.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert [p.step for p in client.get_metric_history(unit.info.run_id, "loss")] == [0, 1, 2]
+    assert [p.step for p in client.get_metric_history(unit.info.run_id, "loss")] == [0, 1, 2, 3, 4]
     inputs = {i.tags[0].value: i.dataset for i in client.get_run(unit.info.run_id).inputs.dataset_inputs}
     assert set(inputs) == {"train", "val", "test"}  # MLflow's Dataset column: each part, its role
     assert all(d.name.startswith("synthetic (") and len(d.digest) == 16 for d in inputs.values())
