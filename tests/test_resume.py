@@ -116,3 +116,19 @@ def test_fusion_ablation_refuses_a_folder_of_another_config(workdir, capsys):
     Path("other.yaml").write_text(TINY_ABLATION.replace("folds: 2", "folds: 3"))
     assert senolab(["fusion", "ablate", "other.yaml", "--out", "runs/ablation", "--quiet"]) == 2
     assert "ablation.folds: 2 -> 3" in capsys.readouterr().err
+
+
+def test_quiet_means_no_progress_bars(workdir):
+    """`--quiet` silences the readers' bars too (they used to draw whatever the flag said)."""
+    import subprocess
+    import sys
+
+    from senolab.cohorts.synthetic import SyntheticConfig, write
+
+    write(SyntheticConfig(images_per_site=16, image_size=64), Path("disk"), progress=False)
+    config = {**TINY, "data": {**TINY["data"], "cohorts": ["disk"]}}
+    write_yaml("disk.yaml", config)
+    result = subprocess.run([sys.executable, "-m", "senolab.cli", "train", "disk.yaml", "--out", "runs/disk", "--quiet"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "img/s" not in result.stderr and "%|" not in result.stderr, result.stderr[-2000:]

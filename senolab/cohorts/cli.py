@@ -33,8 +33,8 @@ def run_describe(args: argparse.Namespace) -> int:
 
     if args.figure is not None:
         _check_figure_path(args.figure)  # before reading: a bad path should not cost the reading
-    cohorts = [read_cohort(root, strict=args.strict) for root in args.roots] or [_synthetic_default()]
-    progress = not args.json
+    progress = not args.json  # --json output is for programs: no bars on stderr either
+    cohorts = [read_cohort(root, strict=args.strict, progress=progress) for root in args.roots] or [_synthetic_default()]
     summaries = [describe(mark_duplicates(c, progress=progress)) for c in cohorts]
     if args.json:
         print(json.dumps(summaries, indent=1))

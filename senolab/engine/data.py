@@ -31,7 +31,7 @@ def load_cohorts(config: DataConfig, progress: bool = True) -> Cohort:
     """Read every configured cohort (dataset folders, or sources made in memory such as
     ``synthetic``) into one table."""
     options = _source_options(config)
-    cohorts = [open_cohort(entry, options, strict=config.strict) for entry in config.cohorts]
+    cohorts = [open_cohort(entry, options, strict=config.strict, progress=progress) for entry in config.cohorts]
     cohort = cohorts[0] if len(cohorts) == 1 else combine(cohorts)
     say_skipped(cohort)
     if config.deduplicate:

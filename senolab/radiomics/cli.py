@@ -75,7 +75,7 @@ def run_extract(args: argparse.Namespace) -> int:
     # line; the parameters and outputs are checked before the cohorts are even read.
     params = load_params(args.params)
     cache_dir = _writable_outputs(args)
-    cohorts = [read_cohort(root, strict=args.strict) for root in args.roots]
+    cohorts = [read_cohort(root, strict=args.strict, progress=not args.quiet) for root in args.roots]
     cohort = cohorts[0] if len(cohorts) == 1 else combine(cohorts)
     try:
         result = extract_features(cohort, params, jobs=args.jobs, cache_dir=cache_dir, use_cache=cache_dir is not None,

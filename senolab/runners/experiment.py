@@ -86,7 +86,7 @@ def evaluate_run(run_dir: str | Path, root: str | Path, out_dir: str | Path, pro
     config = load_config(run_dir / "config.yaml")
     state = json.loads((run_dir / "model" / "artifacts" / PREPROCESSING).read_text())
     writable_folder(out, "evaluation folder")
-    cohort = read_cohort(root, strict=config.data.strict)
+    cohort = read_cohort(root, strict=config.data.strict, progress=progress)
     say_skipped(cohort)
     data = restored_data(state, cohort)
     device = pick_device(config.train.device)

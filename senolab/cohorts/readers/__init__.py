@@ -19,24 +19,25 @@ READERS: Registry = Registry("cohort reader")
 SOURCES: Registry = Registry("cohort source")
 
 
-def open_cohort(entry: str, options: Mapping[str, Any], strict: bool = False) -> Cohort:
+def open_cohort(entry: str, options: Mapping[str, Any], strict: bool = False, progress: bool = True) -> Cohort:
     """The cohort a config entry names: a source's name makes it in memory from
     ``options[name]`` (its config section, e.g. a ``SyntheticConfig`` for ``synthetic``);
     anything else is a dataset folder, read by :func:`read_cohort`."""
     _import_all()
     if entry in SOURCES:
-        return SOURCES.build(entry, options[entry])
-    return read_cohort(entry, strict=strict)
+        return SOURCES.build(entry, options[entry], progress=progress)
+    return read_cohort(entry, strict=strict, progress=progress)
 
 
-def read_cohort(root: str | Path, strict: bool = False, reader: str | None = None) -> Cohort:
-    """Read the dataset at ``root``, detecting which one it is from its layout."""
+def read_cohort(root: str | Path, strict: bool = False, reader: str | None = None, progress: bool = True) -> Cohort:
+    """Read the dataset at ``root``, detecting which one it is from its layout (``progress``:
+    a bar while the images are read)."""
     _import_all()
     root = require_folder(root, "dataset folder")  # a file or a symlink loop is called what it is
     name = reader or detect_layout(root)
     if name is None:
         raise CohortError(f"{root}: not a known dataset layout; expected one of: {expected_layouts()}")
-    return READERS.get(name).read(root, strict=strict)
+    return READERS.get(name).read(root, strict=strict, progress=progress)
 
 
 def detect_layout(root: str | Path) -> str | None:

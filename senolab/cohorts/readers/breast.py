@@ -60,7 +60,7 @@ class BreastReader:
     def detect(self, root: Path) -> bool:
         return (root / IMAGES).is_dir() and any(root.glob(SHEET_GLOB))
 
-    def read(self, root: Path, strict: bool = False) -> Cohort:
+    def read(self, root: Path, strict: bool = False, progress: bool = True) -> Cohort:
         if not self.detect(root):
             raise CohortError(f"{root}: not a BrEaST-Lesions_USG folder; expected {self.layout}")
         sheet = sorted(root.glob(SHEET_GLOB))[-1]
@@ -70,7 +70,7 @@ class BreastReader:
         _report_files_without_rows(folder, records, log)
         manifest = Manifest(root)
         cases = [case for row, rec in table_rows(records, sheet, log) if (case := _case(folder, rec, row, manifest))]
-        table = load_cases(cases, log)
+        table = load_cases(cases, log, progress)
         columns = {spec[0]: _column(records[name], *spec) for name, spec in FIELDS.items()}
         return Cohort(self.name, table, columns, {}, log.problems, root).validate()
 

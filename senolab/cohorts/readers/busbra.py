@@ -38,7 +38,7 @@ class BusBraReader:
     def detect(self, root: Path) -> bool:
         return _base(root) is not None
 
-    def read(self, root: Path, strict: bool = False) -> Cohort:
+    def read(self, root: Path, strict: bool = False, progress: bool = True) -> Cohort:
         base = _base(root)
         if base is None:
             raise CohortError(f"{root}: not a BUS-BRA folder; expected {self.layout}")
@@ -51,7 +51,7 @@ class BusBraReader:
             if image.stem not in listed:
                 log.add(image, "image without its row in bus_data.csv")
         cases = [case for row, rec in table_rows(records, table_file, log) if (case := _case(base, rec, row, manifest))]
-        table = load_cases(cases, log)
+        table = load_cases(cases, log, progress)
         columns = dict(COLUMNS)
         columns["histology"] = Column("histology", Kind.CATEGORICAL, tuple(sorted(set(records["Histology"]))), True)
         splits = {name: _folds(base / fname, table, log)

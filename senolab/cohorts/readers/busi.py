@@ -26,13 +26,13 @@ class BusiReader:
     def detect(self, root: Path) -> bool:
         return _class_root(root) is not None
 
-    def read(self, root: Path, strict: bool = False) -> Cohort:
+    def read(self, root: Path, strict: bool = False, progress: bool = True) -> Cohort:
         base = _class_root(root)
         if base is None:
             raise CohortError(f"{root}: not a BUSI folder; expected {self.layout}")
         log = ProblemLog(self.name, strict)
         cases = [case for label in LABELS for case in _cases_in(base / label, label, log)]
-        table = load_cases(cases, log)
+        table = load_cases(cases, log, progress)
         return Cohort(self.name, table, {}, {}, log.problems, root).validate()
 
 

@@ -43,7 +43,7 @@ class SyntheticReader:
     def detect(self, root: Path) -> bool:
         return (Path(root) / CONFIG_FILE).is_file()
 
-    def read(self, root: Path, strict: bool = False) -> Cohort:
+    def read(self, root: Path, strict: bool = False, progress: bool = True) -> Cohort:
         root = Path(root)
         if not self.detect(root):
             raise CohortError(f"{root}: not a synthetic cohort folder; expected {self.layout}")
@@ -53,7 +53,7 @@ class SyntheticReader:
         _report_files_without_rows(root, records, log)
         rows = table_rows(records, root / METADATA_FILE, log)
         cases = [case for row, rec in rows if (case := _case(root, rec, row, log)) is not None]
-        table = load_cases(cases, log)
+        table = load_cases(cases, log, progress)
         return Cohort(self.name, table, metadata_columns(), {}, log.problems, root).validate()
 
 
