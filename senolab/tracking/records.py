@@ -17,9 +17,7 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
-
-import pandas as pd
+from typing import Any, Mapping
 
 from senolab.evaluation.report import POOLED, WORST
 
@@ -111,19 +109,6 @@ def worst_site_tags(worst: Mapping[str, Any]) -> dict[str, str]:
     """``{"auc": {"site": "busi", ...}}`` -> ``{"worst_site.auc": "busi"}``."""
     return {f"{WORST_PREFIX}{name}": str(entry["site"]) for name, entry in worst.items()
             if isinstance(entry, Mapping) and "site" in entry}
-
-
-def site_tags_from_predictions(predictions: pd.DataFrame) -> dict[str, dict[str, str]]:
-    """Per site, the ``cohort`` and ``scanner`` values of its cases (comma-joined if several)."""
-    if "site" not in predictions.columns:
-        raise KeyError(f"predictions need a 'site' column; columns: {list(predictions.columns)}")
-    tags: dict[str, dict[str, str]] = {}
-    for site, rows in predictions.groupby("site", sort=True):
-        tags[str(site)] = {
-            column: ",".join(sorted(rows[column].dropna().astype(str).unique()))
-            for column in ("cohort", "scanner") if column in rows.columns
-        }
-    return tags
 
 
 def unit_metrics(aggregates: Mapping[str, Any], target: str | None) -> dict[str, float]:
