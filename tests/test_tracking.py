@@ -397,6 +397,7 @@ def test_train_is_tracked_live_and_its_model_loads_with_pyfunc(server, tmp_path,
     unit = next(r for r in runs if r.data.tags.get("method") == "erm")
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert unit.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert unit.data.tags["worst_site.auc"] in {"site_a", "site_b"}  # which site, next to the worst_site.* metrics
     assert [p.step for p in client.get_metric_history(unit.info.run_id, "loss")] == [0, 1, 2, 3, 4]
     inputs = {i.tags[0].value: i.dataset for i in client.get_run(unit.info.run_id).inputs.dataset_inputs}
     assert set(inputs) == {"train", "val", "test"}  # MLflow's Dataset column: each part, its role

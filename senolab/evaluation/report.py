@@ -93,23 +93,25 @@ class Evaluation:
             rows.append(row)
         return pd.DataFrame(rows)
 
-    def to_summary(self, config: dict | None = None) -> dict[str, Any]:
-        """The summary.json content: JSON-safe (NaN and infinities become null)."""
+    def to_summary(self, config: dict | None = None, extra: dict | None = None) -> dict[str, Any]:
+        """The summary.json content: JSON-safe (NaN and infinities become null); ``extra``
+        adds top-level sections (e.g. the ``skipped`` cases)."""
         return json_safe(
             {
                 "config": config or {},
                 "evaluation": self.settings,
                 "aggregates": self.aggregates,
                 "cases": self.cases.to_dict(orient="records"),
+                **(extra or {}),
             }
         )
 
-    def write(self, out_dir: str | Path, config: dict | None = None) -> dict[str, Path]:
-        """Write ``summary.json`` and ``results.csv`` into ``out_dir``; return their paths."""
+    def write(self, out_dir: str | Path, config: dict | None = None, extra: dict | None = None) -> dict[str, Path]:
+        """Write ``summary.json`` (see :meth:`to_summary`) and ``results.csv`` into ``out_dir``; their paths."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         summary_path, results_path = out / SUMMARY_FILE, out / RESULTS_FILE
-        summary_path.write_text(json.dumps(self.to_summary(config), indent=1, allow_nan=False) + "\n")
+        summary_path.write_text(json.dumps(self.to_summary(config, extra), indent=1, allow_nan=False) + "\n")
         self.results_table().to_csv(results_path, index=False)
         return {"summary": summary_path, "results": results_path}
 

@@ -27,6 +27,7 @@ from senolab.paths import require_folder, writable_folder
 from senolab.runners.packaged import PREPROCESSING, load_packaged_model, restored_data, save_package
 from senolab.tracking import RunDir, table_fingerprint, unit_metrics
 from senolab.tracking.provenance import part_datasets
+from senolab.tracking.records import worst_site_tags
 from senolab.tracking.runfolder import claim_folder, done_record, mark_done
 
 UNIT = "erm"  # what `senolab train` logs: one model trained without adaptation
@@ -52,7 +53,8 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str | Path, progress: 
     if not run.is_logged(UNIT):
         metrics = {**unit_metrics(summary["aggregates"][UNIT], None), "best_epoch": best_epoch}
         files = [out / name for name in ("predictions.parquet", "summary.json", "results.csv", "split.csv", "model")]
-        run.log_unit(UNIT, metrics=metrics, tags={"method": UNIT}, files=files, history=out / "history.csv",
+        tags = {"method": UNIT, **worst_site_tags(summary["aggregates"][UNIT]["worst_site"])}
+        run.log_unit(UNIT, metrics=metrics, tags=tags, files=files, history=out / "history.csv",
                      start_ms=live.start_ms, folder=out,
                      datasets=part_datasets(data.cohort.table, data.parts, str(data.cohort.root or data.cohort.name)))
     run.finish(echo=progress)
@@ -104,8 +106,5 @@ def _write_evaluation(table: pd.DataFrame, out: Path, config: ExperimentConfig, 
     table.to_parquet(out / "predictions.parquet")
     evaluation = evaluate(table.drop(columns=["label_name"]), n_resamples=config.evaluation.bootstrap, seed=config.evaluation.seed,
                           progress=progress)
-    paths = evaluation.write(out, summary_config)
-    summary = json.loads(paths["summary"].read_text())
-    summary["skipped"] = skipped
-    paths["summary"].write_text(json.dumps(summary, indent=1) + "\n")
-    return summary
+    paths = evaluation.write(out, summary_config, extra={"skipped": skipped})
+    return json.loads(paths["summary"].read_text())
