@@ -6,7 +6,7 @@ With no config it runs the built-in quickstart on the synthetic multi-site gener
 the unseen target) in a few minutes on 2 CPU cores; ``SENOLAB_QUICK=1`` shrinks it to a
 smoke run of the same code path (the tests use it). The run folder is the source of
 truth; MLflow (an embedded SQLite store in the folder unless a tracking URI is given)
-receives a parent run per (target, method, seed) and a child run per site.
+receives a parent run for the job and a child run per (target, method, seed).
 
 Started again on the same folder with the same config, a run redoes nothing finished
 and logs nothing twice, and repairs an MLflow upload that an earlier, killed run left
@@ -22,7 +22,7 @@ import pandas as pd
 
 from senolab.engine.config import (TRACKING_KEYS, ConfigError, ExplainStep,  # noqa: F401 (callers import them from here)
                                    RadiomicsStep, RunConfig, StudyConfig, load_run_config, quickstart_config)
-from senolab.runners.study import load_unit_model, run_study, study_headline
+from senolab.runners.study import load_unit_model, run_study, study_headline, unit_folder
 
 
 def run_main(config: RunConfig, out_dir: str | Path, progress: bool = True) -> dict:
@@ -110,12 +110,12 @@ def _explain_unit(study: StudyConfig, explain: ExplainStep, unit, progress: bool
     figures.mkdir(parents=True, exist_ok=True)
     files = [plot_roc_by_site(target, figures / "roc.png"), plot_reliability(target, figures / "reliability.png")]
     model = load_unit_model(unit)
-    return files + _explain(model, unit.data, unit.spec.label, explain, unit.folder, progress)["files"]
+    return files + _explain(model, unit.data, unit.spec.label, explain, unit.folder, progress)
 
 
 def _unit_report(study_dir: Path, row: dict) -> dict:
     """What the report shows of one unit, read from its folder."""
-    folder = study_dir / "runs" / row["target_site"] / row["method"] / f"seed{row['seed']}"
+    folder = unit_folder(study_dir, row["target_site"], row["method"], row["seed"])
     games = folder / "explanations" / "pointing_game.csv"
     figures = sorted((folder / "figures").glob("*.png")) + sorted((folder / "explanations").glob("*.png"))
     return {"method": row["method"], "target": row["target_site"], "seed": row["seed"],
@@ -124,8 +124,9 @@ def _unit_report(study_dir: Path, row: dict) -> dict:
             "figures": [str(f) for f in figures]}
 
 
-def _explain(model, data, method: str, step: ExplainStep, folder: Path, progress: bool) -> dict:
-    """Attributions on target cases; the pointing game says whether they fall on the lesion."""
+def _explain(model, data, method: str, step: ExplainStep, folder: Path, progress: bool) -> list[Path]:
+    """Attributions on target cases, and the pointing game (whether they fall on the lesion)
+    in ``explanations/pointing_game.csv``; the files written."""
     from senolab.explain import cohort_case_grids, explain_images, pointing_game
 
     files, games = [], []
@@ -142,7 +143,7 @@ def _explain(model, data, method: str, step: ExplainStep, folder: Path, progress
     table.to_csv(path, index=False)
     files.append(path)
     files += _tabular_attributions(model, data, folder / "explanations", step.max_cases)
-    return {"files": files, "pointing_game": table.to_dict("records")}
+    return files
 
 
 def _tabular_attributions(model, data, folder: Path, max_cases: int) -> list[Path]:

@@ -83,6 +83,11 @@ def study_pairs(config: StudyConfig, sites: list[str]) -> list[PairSpec]:
     return PROTOCOLS.build(config.protocol, config, sites)
 
 
+def unit_folder(study_dir: Path, target: str, label: str, seed: int) -> Path:
+    """Where a study keeps one (target, method, seed): ``runs/<target>/<label>/seed<k>``."""
+    return Path(study_dir) / "runs" / target / label / f"seed{seed}"
+
+
 @dataclass
 class StudyUnit:
     """One (target, method, seed) of a study: its run ``folder`` and the prepared ``data``."""
@@ -134,7 +139,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, c
         data = pair_data(config, cohort, pair)
         for spec in config.methods:
             for seed in config.seeds:
-                unit = StudyUnit(pair, spec, seed, out / "runs" / pair.target / spec.label / f"seed{seed}", data)
+                unit = StudyUnit(pair, spec, seed, unit_folder(out, pair.target, spec.label, seed), data)
                 erm = _erm_unit(config, unit)
                 if erm is not None:  # train (or find) ERM first: this method only adapts its model
                     _run_once(config, erm, progress, callbacks=[run.live(erm.name, tags=erm.tags())])
@@ -284,7 +289,8 @@ def _erm_unit(config: StudyConfig, unit: StudyUnit) -> StudyUnit | None:
     erm = next((m for m in config.methods if m.name == "erm" and not m.options), None)
     if erm is None:
         return None
-    return StudyUnit(unit.pair, erm, unit.seed, unit.folder.parents[1] / erm.label / unit.folder.name, unit.data)
+    study_dir = unit.folder.parents[3]
+    return StudyUnit(unit.pair, erm, unit.seed, unit_folder(study_dir, unit.pair.target, erm.label, unit.seed), unit.data)
 
 
 def load_unit_model(unit: StudyUnit) -> torch.nn.Module:
@@ -462,7 +468,7 @@ def embedding_figure(out: Path, pairs: list[PairSpec], config: StudyConfig) -> P
     axes = fig.subplots(len(pairs), len(config.methods), squeeze=False)
     for i, pair in enumerate(pairs):
         for j, spec in enumerate(config.methods):
-            saved = np.load(out / "runs" / pair.target / spec.label / f"seed{seed}" / "embeddings.npz")
+            saved = np.load(unit_folder(out, pair.target, spec.label, seed) / "embeddings.npz")
             x, domain = saved["x"], saved["domain"]
             xy = TSNE(n_components=2, perplexity=min(30, max(5, len(x) // 5)), random_state=0, init="pca").fit_transform(x)
             ax = axes[i, j]
