@@ -62,14 +62,21 @@ def restored_data(state: dict, cohort) -> PreparedData:
                         state["sites"], state["image_size"], augment=False)
 
 
+def declared_columns(metadata_state: dict) -> dict:
+    """The metadata columns the training declared, as the cohort schema's Column objects."""
+    from senolab.cohorts.schema import Column, Kind
+
+    return {c["name"]: Column(c["name"], Kind(c["kind"]), tuple(c["levels"]), c["outcome"])
+            for c in metadata_state["columns"]}
+
+
 def restored_metadata(state: dict | None):
     """The training run's metadata encoder; a cohort lacking a field gets it as missing."""
-    from senolab.cohorts.schema import Column, Kind
     from senolab.cohorts.tabular import MetadataEncoder
 
     if state is None:
         return None
-    columns = {c["name"]: Column(c["name"], Kind(c["kind"]), tuple(c["levels"]), c["outcome"]) for c in state["columns"]}
+    columns = declared_columns(state)
     encoder = MetadataEncoder(columns, list(columns), opt_in=state["opted_in"])
     encoder.mean_, encoder.scale_ = np.array(state["mean"]), np.array(state["scale"])
     return encoder
@@ -162,9 +169,20 @@ class PackagedModel(PythonModel):
         self.weights = checkpoint["model"]
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from senolab.errors import InputError
+
+        if "image" not in model_input.columns:
+            raise InputError(f"the input needs an 'image' column (a path or base64 PNG/JPEG); "
+                             f"got {list(model_input.columns)}")
+        images = [_decoded(value, row) for row, value in enumerate(model_input["image"])]
+        return self.predict_images(images, model_input)
+
+    def predict_images(self, images: list[np.ndarray], metadata: pd.DataFrame) -> pd.DataFrame:
+        """One output row per decoded grayscale image; ``metadata`` (one row per image) may
+        carry the fields the model fuses, by name."""
         from senolab.engine.trainer import model_from_config
 
-        data = restored_data(self.state, _input_cohort(model_input, self.state))
+        data = restored_data(self.state, _input_cohort(images, metadata, self.state))
         model = model_from_config(self.config, data)
         model.load_state_dict(self.weights)
         model.eval()
@@ -194,19 +212,14 @@ def _output_rows(out: dict, classes: tuple[str, ...]) -> list[dict]:
     return rows
 
 
-def _input_cohort(frame: pd.DataFrame, state: dict):
-    """The input rows as an in-memory cohort: images decoded, declared metadata typed."""
-    from senolab.cohorts.schema import Cohort, Column, Kind
-    from senolab.errors import InputError
+def _input_cohort(images: list[np.ndarray], frame: pd.DataFrame, state: dict):
+    """The images as an in-memory cohort, with the declared metadata of ``frame`` typed."""
+    from senolab.cohorts.schema import Cohort
 
-    if "image" not in frame.columns:
-        raise InputError(f"the input needs an 'image' column (a path or base64 PNG/JPEG); got {list(frame.columns)}")
-    declared = {c["name"]: Column(c["name"], Kind(c["kind"]), tuple(c["levels"]), c["outcome"])
-                for c in state.get("metadata", {}).get("columns", [])}
+    declared = declared_columns(state.get("metadata") or {"columns": []})
     rows, arrays = [], {}
-    for i, value in enumerate(frame["image"]):
+    for i, image in enumerate(images):
         case_id = f"{INPUT_SITE}/{i}"
-        image = _decoded(value, i)
         arrays[case_id] = (image, [])
         rows.append({"case_id": case_id, "patient_id": case_id, "cohort": INPUT_SITE, "site": INPUT_SITE,
                      "scanner": "unknown", "image_path": None, "mask_paths": [], "other_mask_paths": [],
@@ -214,7 +227,8 @@ def _input_cohort(frame: pd.DataFrame, state: dict):
                      "height": image.shape[0], "lesion_bboxes": []})
     table = pd.DataFrame(rows)
     for name, column in declared.items():
-        table[name] = _typed(frame[name] if name in frame.columns else pd.Series([None] * len(frame)), column)
+        values = frame[name].reset_index(drop=True) if name in frame.columns else pd.Series([None] * len(images))
+        table[name] = _typed(values, column)
     return Cohort(INPUT_SITE, table, declared, {}, [], None, arrays).validate()
 
 

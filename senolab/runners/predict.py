@@ -38,13 +38,14 @@ def predict_images(model: str, source: str | Path, out: str | Path, threshold: f
     out = writable_folder(Path(out).absolute(), "output folder")
     images, skipped = find_images(Path(source))
     with tempfile.TemporaryDirectory(prefix="senolab-predict-") as tmp:
-        packaged = mlflow.pyfunc.load_model(str(package_folder(model, Path(tmp))))
+        # the python model itself: it takes the images decoded here, so each is read once
+        packaged = mlflow.pyfunc.load_model(str(package_folder(model, Path(tmp)))).unwrap_python_model()
         rows = []
         for start in tqdm(range(0, len(images), CHUNK), desc="predict", unit="batch", disable=not progress):
             readable, unreadable = _readable(images[start:start + CHUNK])
             skipped += unreadable
             if readable:
-                outputs = packaged.predict(pd.DataFrame({"image": [str(p) for p, _ in readable]}))
+                outputs = packaged.predict_images([image for _, image in readable], pd.DataFrame(index=range(len(readable))))
                 rows += [_write_case(path, image, output, Path(source), out, threshold)
                          for (path, image), output in zip(readable, outputs.to_dict("records"))]
     pd.DataFrame(rows).to_csv(out / "predictions.csv", index=False)
