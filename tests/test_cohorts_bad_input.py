@@ -238,11 +238,16 @@ def test_all_zero_lesion_mask_is_a_problem_and_fatal_under_strict(busi, label):
         read_cohort(busi, strict=True)
 
 
-def test_01_mask_with_a_stray_75_is_a_problem_not_a_lesion_pixel(busi):
-    path = busi / "Dataset_BUSI_with_GT" / "benign" / "benign (1)_mask_1.png"
+def _with_a_stray_75(path: Path) -> Path:
+    """The mask at ``path`` with one pixel of value 75 (as a resampled or hand-edited mask has)."""
     mask = np.asarray(Image.open(path)).copy()
     mask[0, 0] = 75
     _png(path, mask)
+    return path
+
+
+def test_01_mask_with_a_stray_75_is_a_problem_not_a_lesion_pixel(busi):
+    path = _with_a_stray_75(busi / "Dataset_BUSI_with_GT" / "benign" / "benign (1)_mask_1.png")
     cohort = read_cohort(busi)
     assert "busi/benign/benign (1)" not in set(cohort.table["case_id"])
     (problem,) = cohort.problems
@@ -250,10 +255,7 @@ def test_01_mask_with_a_stray_75_is_a_problem_not_a_lesion_pixel(busi):
 
 
 def test_0_255_mask_with_a_stray_75_keeps_its_lesion(busi):
-    path = busi / "Dataset_BUSI_with_GT" / "malignant" / "malignant (1)_mask.png"
-    mask = np.asarray(Image.open(path)).copy()
-    mask[0, 0] = 75
-    _png(path, mask)
+    _with_a_stray_75(busi / "Dataset_BUSI_with_GT" / "malignant" / "malignant (1)_mask.png")
     cohort = read_cohort(busi)
     t = cohort.table.set_index("case_id")
     assert not cohort.problems and t.loc["busi/malignant/malignant (1)", "lesion_bboxes"] == [[15, 10, 30, 20]]
