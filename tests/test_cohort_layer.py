@@ -36,8 +36,8 @@ def make_cohort(n_patients=30, images_per_patient=2, size=(48, 64), seed=0) -> C
             arrays[case_id] = (image, masks)
             rows.append({
                 "case_id": case_id, "patient_id": f"toy/p{p:03d}", "cohort": "toy", "site": f"s{p % 2}",
-                "scanner": "x", "image_path": None, "mask_paths": [], "other_mask_paths": [], "label": label,
-                "pixel_spacing_mm": 0.1, "width": size[1], "height": size[0],
+                "scanner": "x", "modality": "US", "image_path": None, "mask_paths": [], "other_mask_paths": [], "label": label,
+                "pixel_spacing_mm": 0.1, "width": size[1], "height": size[0], "mask_kind": "outline",
                 "lesion_bboxes": [[20 + k, 10, 40 + k, 20]] if masks else [],
                 "age": float(40 + p) if p % 4 else np.nan, "tissue": ["fat", "dense", None][p % 3],
                 "symptoms": [["lump"], [], None][p % 3], "birads": ["2", "3", "5"][p % 3],

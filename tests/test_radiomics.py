@@ -66,6 +66,7 @@ def cohort_of(cases: list[dict], name: str = "test") -> Cohort:
                 "cohort": name,
                 "site": case.get("site", "site_a"),
                 "scanner": "unknown",
+                "modality": "US",
                 "image_path": str(image),
                 "mask_paths": [str(m) for m in case["masks"]],
                 "other_mask_paths": [],
@@ -73,6 +74,7 @@ def cohort_of(cases: list[dict], name: str = "test") -> Cohort:
                 "pixel_spacing_mm": case.get("spacing", float("nan")),
                 "width": width,
                 "height": height,
+                "mask_kind": "outline",
                 "lesion_bboxes": boxes,
             }
         )

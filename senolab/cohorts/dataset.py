@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from senolab.cohorts.pixels import case_image, case_masks
-from senolab.cohorts.schema import LABELS, Cohort
+from senolab.cohorts.pixels import box_masks, case_image, case_masks
+from senolab.cohorts.prepare import prepare
+from senolab.cohorts.schema import LABELS, SEGMENTABLE, Cohort
 from senolab.cohorts.tabular import MetadataEncoder
 
 BINARY = ("benign", "malignant")
@@ -35,12 +36,12 @@ class Batch(TypedDict):
 
     case_id: list[str]  # (B,) case ids; one item holds a str
     image: torch.Tensor  # (B, 1, H, W) float32 in [0, 1], letterboxed (zero padding)
-    mask: torch.Tensor  # (B, 1, H, W) float32 {0, 1}: union of the lesion masks
-    has_mask: torch.Tensor  # (B,) bool, always True (an image without lesion has an empty mask)
+    mask: torch.Tensor  # (B, 1, H, W) float32 {0, 1}: union of the lesion masks; zeros where has_mask is False
+    has_mask: torch.Tensor  # (B,) bool: the mask is a target (mask_kind outline or circle; empty = no lesion)
     label: torch.Tensor  # (B,) int64 index into the task's classes; 0 where has_label is False
     has_label: torch.Tensor  # (B,) bool: False for unlabelled cohorts and labels outside the classes
     bbox: torch.Tensor  # (B, 4) float32 normalised xyxy around all lesion pixels; zeros if none
-    has_bbox: torch.Tensor  # (B,) bool: the mask has lesion pixels
+    has_bbox: torch.Tensor  # (B,) bool: a lesion is located (by its mask or its box)
     site: torch.Tensor  # (B,) int64 index into the dataset's site vocabulary; -1 if not in it
     meta_num: torch.Tensor  # (B, Fn) float32 encoded numeric/ordinal/multi metadata; 0 where missing
     meta_num_missing: torch.Tensor  # (B, Fn) bool, True where the value is missing
@@ -51,7 +52,7 @@ class Batch(TypedDict):
 @dataclass
 class Letterboxed:
     image: np.ndarray  # float32 size x size in [0, 1]
-    mask: np.ndarray  # float32 size x size {0, 1}: union of the lesions
+    mask: np.ndarray  # float32 size x size {0, 1}: union of the lesions (their filled boxes for mask_kind "box")
 
 
 def letterbox(image: np.ndarray, masks: list[np.ndarray], size: int) -> Letterboxed:
@@ -156,13 +157,16 @@ class CohortDataset(Dataset):
         if self.transform is not None:
             image, mask = self._augment(index, image, mask)
         bbox, has_bbox = normalised_box(mask)
+        has_mask = row["mask_kind"] in SEGMENTABLE
+        if not has_mask:  # filled boxes gave the box; they are not a segmentation target
+            mask, has_bbox = torch.zeros_like(mask), has_bbox and row["mask_kind"] == "box"
         label = row["label"]
         has_label = self.labelled and label in self.classes
         out = {
             "case_id": row["case_id"],
             "image": image,
             "mask": mask,
-            "has_mask": torch.tensor(True),
+            "has_mask": torch.tensor(has_mask),
             "label": torch.tensor(self.classes.index(label) if has_label else 0, dtype=torch.long),
             "has_label": torch.tensor(has_label),
             "bbox": bbox,
@@ -176,7 +180,8 @@ class CohortDataset(Dataset):
         # Decoding and resizing dominate loading; the letterboxed arrays are small.
         if index not in self._cache:
             record = row.to_dict()
-            self._cache[index] = letterbox(case_image(self.cohort, record), case_masks(self.cohort, record), self.size)
+            masks = box_masks(record) if record["mask_kind"] == "box" else case_masks(self.cohort, record)
+            self._cache[index] = letterbox(*prepare(case_image(self.cohort, record), masks, record), self.size)
         return self._cache[index]
 
     def _augment(self, index: int, image: torch.Tensor, mask: torch.Tensor):

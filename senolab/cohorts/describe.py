@@ -23,6 +23,8 @@ def describe(cohort: Cohort) -> dict:
         "cohort": cohort.name,
         "sites": sorted(t["site"].unique().tolist()),
         "scanners": {str(k): int(v) for k, v in t["scanner"].value_counts().sort_index().items()},
+        "modalities": {str(k): int(v) for k, v in t["modality"].value_counts().sort_index().items()},
+        "mask_kinds": {str(k): int(v) for k, v in t["mask_kind"].value_counts().sort_index().items()},
         "n_images": int(len(t)),
         "n_patients": int(t["patient_id"].nunique()),
         "classes": {label: int((t["label"] == label).sum()) for label in LABELS},

@@ -26,6 +26,7 @@ CORE_COLUMNS: tuple[str, ...] = (
     "cohort",
     "site",
     "scanner",
+    "modality",  # one of MODALITIES: "US", "MG", "MR"
     "image_path",  # str, or None for an in-memory cohort (see Cohort.arrays)
     "mask_paths",  # list[str], one per lesion; [] for an image without lesion
     "other_mask_paths",  # list[str]: other findings (BrEaST `_other`), never lesion targets
@@ -33,8 +34,22 @@ CORE_COLUMNS: tuple[str, ...] = (
     "pixel_spacing_mm",  # float, NaN when unknown; in the stored image's pixel grid
     "width",
     "height",
-    "lesion_bboxes",  # list of [x0, y0, x1, y1] per lesion in stored pixels, from the masks
+    "mask_kind",  # one of MASK_KINDS: how the lesions' location is known
+    "lesion_bboxes",  # list of [x0, y0, x1, y1] per lesion in stored pixels
 )
+
+MODALITIES: tuple[str, ...] = ("US", "MG", "MR")  # DICOM's codes: ultrasound, mammography, MRI
+
+# How a case's lesions are located, which decides what it can teach and how it is scored:
+# - "outline": drawn masks (mask files, or arrays in memory); boxes derived from them;
+# - "circle": approximate circles (mini-MIAS); the mask is the disc inscribed in each box,
+#   a segmentation target of sorts, but its Dice is reported apart ("dice_vs_circle");
+# - "box": boxes only (a manifest's box column): a box target, no segmentation target;
+# - "none": the image is abnormal but its lesion is not located (mini-MIAS's spread
+#   calcifications): a class label only.
+# An image without lesion takes its cohort's kind: an empty outline is a true "no lesion here".
+MASK_KINDS: tuple[str, ...] = ("outline", "circle", "box", "none")
+SEGMENTABLE: frozenset[str] = frozenset({"outline", "circle"})
 
 
 class Kind(str, Enum):
@@ -138,9 +153,10 @@ def validate_table(table: pd.DataFrame, columns: dict[str, Column]) -> None:
     if table["case_id"].duplicated().any():
         dup = table.loc[table["case_id"].duplicated(), "case_id"].tolist()[:5]
         raise CohortError(f"case_id must be unique; repeated: {dup}")
-    bad = sorted(set(table["label"]) - set(LABELS))
-    if bad:
-        raise CohortError(f"column 'label': unknown values {bad}; expected one of {LABELS}")
+    for column, allowed in (("label", LABELS), ("modality", MODALITIES), ("mask_kind", MASK_KINDS)):
+        bad = sorted(set(table[column]) - set(allowed))
+        if bad:
+            raise CohortError(f"column {column!r}: unknown values {bad}; expected one of {allowed}")
     for col in columns.values():
         if col.name not in table.columns:
             raise CohortError(f"declared metadata column {col.name!r} is not in the table")

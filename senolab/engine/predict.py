@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from senolab.engine.data import PreparedData
 from senolab.evaluation import box_iou, segmentation_case_metrics
+from senolab.evaluation.segmentation import LESION_COLUMN
 
 
 @torch.no_grad()
@@ -55,12 +56,33 @@ def _case_rows(batch: dict, out: dict, data: PreparedData, info: pd.DataFrame) -
         if seg is not None:
             truth = batch["mask"][i, 0].cpu().numpy() > 0.5
             spacing = _letterboxed_spacing(meta, data.image_size)
-            row.update(segmentation_case_metrics(seg[i], truth, spacing))
+            row.update(_segmentation_columns(seg[i], truth, spacing, meta))
         if boxes is not None:
             has_box = bool(batch["has_bbox"][i])
             row["box_iou"] = float(box_iou(boxes[i], batch["bbox"][i].cpu().numpy())) if has_box else float("nan")
         rows.append(row)
     return rows
+
+
+# Per-case metric columns that compare against something other than a drawn outline
+# (schema.MASK_KINDS): Dice against a circle is an overlap with an approximation, reported
+# apart so that it is never read as a segmentation result.
+CIRCLE_COLUMNS = {"dice": "dice_vs_circle", "iou": "iou_vs_circle"}
+OUTLINE_ONLY = ("dice", "iou", "hd95_px", "hd95_mm")
+
+
+def _segmentation_columns(pred: np.ndarray, truth: np.ndarray, spacing: float | None, meta: pd.Series) -> dict:
+    """The segmentation columns of one case, by how its lesions are known (``mask_kind``)."""
+    metrics = segmentation_case_metrics(pred, truth, spacing)
+    kind = meta["mask_kind"]
+    if kind == "outline":
+        return metrics
+    if kind == "circle":
+        renamed = {CIRCLE_COLUMNS[k]: metrics[k] for k in CIRCLE_COLUMNS}
+        return {**metrics, **renamed, **dict.fromkeys(OUTLINE_ONLY, float("nan"))}
+    # a box or an unlocated lesion: no mask to compare with; the label says whether a lesion is there
+    metrics[LESION_COLUMN] = meta["label"] != "normal" or bool(meta["lesion_bboxes"])
+    return {**metrics, **dict.fromkeys(OUTLINE_ONLY, float("nan"))}
 
 
 def _letterboxed_spacing(meta: pd.Series, size: int) -> float | None:

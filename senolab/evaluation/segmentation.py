@@ -49,7 +49,8 @@ FP_MIN_AREA_PX = 1
 
 # Per-case columns this module reads from a prediction table (all optional).
 LESION_COLUMN = "lesion_present"
-CASE_COLUMNS = ("dice", "iou", "hd95_px", "hd95_mm", "box_iou", "pred_area_px", "pred_area_fraction")
+CASE_COLUMNS = ("dice", "iou", "hd95_px", "hd95_mm", "box_iou", "pred_area_px", "pred_area_fraction",
+                "dice_vs_circle", "iou_vs_circle")
 
 
 def _binary(mask: np.ndarray, name: str) -> np.ndarray:
@@ -218,6 +219,10 @@ _register_mean("iou", "iou", True, "Mean IoU over images with a lesion.")
 _register_mean("hd95_px", "hd95_px", False, "Mean HD95 in pixels over images with a lesion.")
 _register_mean("hd95_mm", "hd95_mm", False, "Mean HD95 in mm over images with a lesion and a known spacing.")
 _register_mean("box_iou", "box_iou", True, "Mean box IoU over images with a lesion.")
+# Against circle annotations (mini-MIAS): overlap with an approximate disc, not a segmentation
+# result; engine.predict writes these columns instead of dice and iou for such cases.
+_register_mean("dice_vs_circle", "dice_vs_circle", True, "Mean Dice against circle annotations (approximate).")
+_register_mean("iou_vs_circle", "iou_vs_circle", True, "Mean IoU against circle annotations (approximate).")
 
 _fp_support = _lesion_free_values("pred_area_px")
 

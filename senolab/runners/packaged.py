@@ -42,7 +42,9 @@ INPUT_SITE = "input"  # the site of images given to a packaged model (not one it
 # ----------------------------------------------------------------------------- preprocessing
 def preprocessing_state(data: PreparedData) -> dict:
     """What was fitted or fixed on the training part, as plain JSON."""
-    state = {"classes": list(data.classes), "sites": data.sites, "image_size": data.image_size,
+    # the modality decides the preprocessing (cohorts.dataset.PREPARE); a model meets images of its own
+    modality = str(data.cohort.table["modality"].mode().iloc[0])
+    state = {"classes": list(data.classes), "sites": data.sites, "image_size": data.image_size, "modality": modality,
              "radiomics_columns": list(data.radiomics.columns) if data.radiomics is not None else None}
     if data.metadata is not None:
         state["metadata"] = {
@@ -222,9 +224,10 @@ def _input_cohort(images: list[np.ndarray], frame: pd.DataFrame, state: dict):
         case_id = f"{INPUT_SITE}/{i}"
         arrays[case_id] = (image, [])
         rows.append({"case_id": case_id, "patient_id": case_id, "cohort": INPUT_SITE, "site": INPUT_SITE,
-                     "scanner": "unknown", "image_path": None, "mask_paths": [], "other_mask_paths": [],
+                     "scanner": "unknown", "modality": state.get("modality", "US"), "image_path": None,
+                     "mask_paths": [], "other_mask_paths": [],
                      "label": "normal", "pixel_spacing_mm": float("nan"), "width": image.shape[1],
-                     "height": image.shape[0], "lesion_bboxes": []})
+                     "height": image.shape[0], "mask_kind": "outline", "lesion_bboxes": []})
     table = pd.DataFrame(rows)
     for name, column in declared.items():
         values = frame[name].reset_index(drop=True) if name in frame.columns else pd.Series([None] * len(images))

@@ -33,9 +33,12 @@ class CaseFiles:
     label: str
     site: str
     scanner: str = "unknown"
+    modality: str = "US"  # schema.MODALITIES
+    mask_kind: str = "outline"  # schema.MASK_KINDS; "circle" and "box" take their lesions from `boxes`
     mask_paths: list[Path] = field(default_factory=list)
     other_mask_paths: list[Path] = field(default_factory=list)
     pixel_spacing_mm: float = float("nan")  # in the stored image's grid
+    boxes: list[list[float]] = field(default_factory=list)  # xyxy per lesion, when there are no masks
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -78,7 +81,7 @@ def _load_case(case: CaseFiles, log: ProblemLog) -> dict | None:
     image = read_pixels(case.image_path, "image", load_gray, log)
     if image is None:
         return None
-    boxes = []
+    boxes = [list(map(float, box)) for box in case.boxes]
     for mask_path in case.mask_paths + case.other_mask_paths:
         mask = read_pixels(mask_path, "mask", load_mask, log)
         if mask is None:
@@ -99,6 +102,7 @@ def _load_case(case: CaseFiles, log: ProblemLog) -> dict | None:
         "cohort": log.cohort,
         "site": case.site,
         "scanner": case.scanner,
+        "modality": case.modality,
         "image_path": str(case.image_path),
         "mask_paths": [str(p) for p in case.mask_paths],
         "other_mask_paths": [str(p) for p in case.other_mask_paths],
@@ -106,6 +110,7 @@ def _load_case(case: CaseFiles, log: ProblemLog) -> dict | None:
         "pixel_spacing_mm": float(case.pixel_spacing_mm),
         "width": width,
         "height": height,
+        "mask_kind": case.mask_kind,
         "lesion_bboxes": boxes,
         **case.metadata,
     }
