@@ -1,4 +1,4 @@
-"""Reading images and masks as the cohort layer needs them, whatever the file's mode."""
+"""Reading images and masks as the cohort layer needs them, whatever the file's mode or format (DICOM too)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +6,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-# Errors PIL raises for unreadable or truncated files: reported per case, never fatal
-# unless the reader runs under --strict.
+from senolab.cohorts.dicom import dicom_size, is_dicom, read_dicom
+
+# Errors PIL raises for unreadable or truncated files, and DicomError (a ValueError):
+# reported per case, never fatal unless the reader runs under --strict.
 READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
 
 
@@ -17,7 +19,10 @@ def load_gray(path: str | Path) -> np.ndarray:
     L, LA, P, RGB and RGBA files are accepted: official BUSI images are RGB with equal
     channels and official BrEaST images are RGBA, some tinted by a colour map; the
     luminance conversion folds both to one channel. 16-bit files are scaled to 8 bits.
+    DICOM files go through the radiology display pipeline of :func:`senolab.cohorts.dicom.read_dicom`.
     """
+    if is_dicom(path):
+        return read_dicom(path).pixels
     with Image.open(path) as im:
         im.load()  # decode now, so a truncated file fails here with its path
         if im.mode in ("I;16", "I;16B", "I"):
@@ -76,6 +81,8 @@ def _value_set(values: np.ndarray) -> str:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the header, without decoding the pixels."""
+    if is_dicom(path):
+        return dicom_size(path)
     with Image.open(path) as im:
         return im.size
 

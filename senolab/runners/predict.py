@@ -3,7 +3,8 @@
 MODEL is a training run folder (``senolab train``), a study unit's folder
 (``.../runs/<target>/<method>/seed<k>``), a packaged model folder (``model/``, holding
 ``MLmodel``) or an MLflow model URI (``runs:/<run id>/model``). INPUT is an image file or
-a folder searched recursively for images (PNG, JPEG, PGM, TIFF, BMP); files named like
+a folder searched recursively for images (PNG, JPEG, PGM, TIFF, BMP, and DICOM ``.dcm`` /
+``.dicom``, windowed for display as :mod:`senolab.cohorts.dicom` does); files named like
 masks (``*_mask*``) are skipped and said so. The preprocessing is the training's, saved
 with the model (:mod:`senolab.runners.packaged`).
 
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from senolab.errors import InputError
 from senolab.paths import describe_path, writable_folder
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 CHUNK = 16  # images per call of the model
 
 
