@@ -15,7 +15,8 @@ import senolab
 HEAVY = ("torch", "pandas", "scipy", "mlflow")
 
 COMMANDS = [[], ["cohorts", "describe"], ["radiomics", "extract"], ["radiomics", "describe"], ["train"],
-            ["evaluate"], ["predict"], ["study"], ["run"], ["fusion", "ablate"], ["sync"]]
+            ["evaluate"], ["predict"], ["study"], ["stress"], ["run"], ["fusion", "ablate"],
+            ["sync"]]
 
 # each package with an __init__ of its own -> {registry: (the module that defines it, every entry it lists once that module is imported)}
 REGISTRIES = {
@@ -25,7 +26,10 @@ REGISTRIES = {
     "evaluation": {"METRICS": ("senolab.evaluation.metrics", [
         "accuracy", "auc", "auc_positive", "balanced_accuracy", "box_iou", "dice", "ece", "f1",
         "fp_rate_lesion_free", "hd95_mm", "hd95_px", "iou", "pred_area_lesion_free", "sensitivity",
-        "specificity"])},
+        "specificity"]),
+                   "RULES": ("senolab.evaluation.operating", ["sens90", "spec90", "youden"]),
+                   "CORRUPTIONS": ("senolab.evaluation.corruptions", [
+                       "blur", "depth_attenuation", "gain", "jpeg", "resolution", "shadowing", "speckle"])},
     "explain": {"EXPLAINERS": ("senolab.explain.image", ["gradcam", "integrated_gradients", "occlusion", "saliency"]),
                 "READOUTS": ("senolab.explain.forward", ["classification", "segmentation"])},
     "fusion": {"FUSIONS": ("senolab.fusion.base", [

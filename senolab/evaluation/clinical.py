@@ -78,7 +78,7 @@ def clinical_sections(predictions: pd.DataFrame, state: dict[str, Any], n_resamp
 
 def clinical_columns(sections: dict[str, Any], site: str) -> dict[str, float]:
     """One site's results.csv columns: operating points, then calibration."""
-    if not sections or site not in sections["operating_points"]["sites"]:
+    if "operating_points" not in sections or site not in sections["operating_points"]["sites"]:
         return {}
     temperature = sections["calibration"]["source"]["temperature"]
     return {**operating_columns(sections["operating_points"]["sites"][site]),
@@ -89,7 +89,7 @@ def clinical_metrics(sections: dict[str, Any], site: str) -> dict[str, Any]:
     """One site's MLflow metrics as ``{name: {"value", "ci"}}`` or numbers:
     ``<rule>.<rate>``, ``<rule>.threshold``, ``oracle.<rule>.*``, ``ece_score``, ``brier``,
     their ``_scaled`` versions and ``temperature``."""
-    if not sections or site not in sections["operating_points"]["sites"]:
+    if "operating_points" not in sections or site not in sections["operating_points"]["sites"]:
         return {}
     calibration = sections["calibration"]["sites"][site]
     out = operating_metrics(sections["operating_points"]["sites"][site])

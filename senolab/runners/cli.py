@@ -1,4 +1,4 @@
-"""The runners' commands: `senolab train`, `evaluate`, `study`, `run` and `fusion ablate`.
+"""The runners' commands: `senolab train`, `evaluate`, `study`, `stress`, `run`, `predict` and `fusion ablate`.
 
 Each handler imports its runner only when called, so `senolab --help` stays light."""
 from __future__ import annotations
@@ -58,10 +58,29 @@ def register(subparsers) -> None:
     predict.add_argument("model", help="run folder, model folder or MLflow model URI")
     predict.add_argument("input", type=Path, help="an image or a folder of images (PNG, JPEG, PGM, TIFF, BMP)")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
-    predict.add_argument("--threshold", type=float, default=0.5,
-                         help="malignancy probability from which a case is called malignant (default: %(default)s)")
+    predict.add_argument("--threshold", default="0.5", metavar="RULE|P",
+                         help="malignancy probability from which a case is called malignant: a number, or youden, "
+                              "sens90 or spec90 for the threshold chosen on source validation and stored with the "
+                              "model (default: %(default)s)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=run_predict)
+
+    stress = subparsers.add_parser(
+        "stress", help="graded stress test: AUC and Dice under ultrasound corruptions at five severities",
+        description="Apply each ultrasound corruption (gain, speckle, depth attenuation, blur, lost resolution, "
+                    "acoustic shadowing, JPEG) at severities 1-5 to a test cohort and measure every model of RUN on it "
+                    "(AUC and Dice with patient-bootstrap CIs). RUN: a `senolab train` folder, a study unit folder "
+                    "(runs/<target>/<method>/seed<k>) or a study folder (every unit). Writes stress.csv, stress.md, "
+                    "stress.png, corruption_examples.png and summary.json to --out.")
+    stress.add_argument("run_dir", type=Path, metavar="RUN", help="training run, study unit or study folder")
+    stress.add_argument("--on", dest="root", required=True,
+                        help="test cohort: a dataset folder (layout detected) or 'synthetic' (the run's own synthetic "
+                             "data; a study unit keeps its target site, a training run its test part)")
+    stress.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/stress_<cohort name>)")
+    stress.add_argument("--seed", type=int, default=0, help="corruption seed: the same seed gives the same pixels")
+    stress.add_argument("--tracking-uri", default=None, metavar="URI", help=TRACKING_HELP)
+    stress.add_argument("--quiet", action="store_true", help="no progress bars")
+    stress.set_defaults(func=run_stress)
 
     fusion = subparsers.add_parser("fusion", help="multimodal fusion studies",
                                    description="Fusion of images with clinical metadata and radiomics.")
@@ -105,13 +124,34 @@ def _run_summary(report: dict, out: Path) -> str:
 def run_predict(args: argparse.Namespace) -> int:
     from senolab.runners.predict import predict_images
 
-    summary = predict_images(args.model, args.input, args.out, threshold=args.threshold, progress=not args.quiet)
+    threshold = _threshold(args.model, args.threshold)
+    summary = predict_images(args.model, args.input, args.out, threshold=threshold, progress=not args.quiet)
     print(f"{summary['predicted']} of {summary['found']} images predicted; written to {args.out.resolve()}")
     by_reason: dict[str, list[str]] = {}
     for item in summary["skipped"]:
         by_reason.setdefault(item["reason"], []).append(item["file"])
     for reason, files in by_reason.items():  # every file is listed in summary.json
         print(f"  skipped {len(files)}: {reason} (e.g. {files[0]})")
+    return 0
+
+
+def _threshold(model: str, value: str) -> float:
+    """--threshold: a probability, or the name of an operating point stored with the model."""
+    try:
+        return float(value)
+    except ValueError:
+        from senolab.runners.packaged import stored_threshold
+
+        return stored_threshold(model, value)
+
+
+def run_stress(args: argparse.Namespace) -> int:
+    from senolab.runners.stress import stress_test
+
+    result = stress_test(args.run_dir, args.root, args.out, seed=args.seed, progress=not args.quiet,
+                         tracking_uri=args.tracking_uri)
+    print(result.markdown)
+    print(f"stress test written to {result.out.resolve()}")
     return 0
 
 
@@ -122,6 +162,7 @@ def run_study_command(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / config.name
     run_study(config, out, progress=not args.quiet, tracking_uri=args.tracking_uri)
     print((out / "results.md").read_text())
+    print("local recalibration, which USES k TARGET LABELS (kept apart): recalibration.md, recalibration.csv")
     print(f"study written to {out.resolve()}")
     return 0
 

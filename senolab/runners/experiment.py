@@ -5,6 +5,11 @@ The run directory is complete on its own (docs/contracts.md#run-folder): ``confi
 ``split.csv``, ``model/`` (the trained model with its preprocessing, an MLflow pyfunc
 model: :mod:`senolab.runners.packaged`), ``predictions.parquet`` (one row per test case),
 ``summary.json`` and ``results.csv``, and ``runs.json`` with the embedded MLflow store.
+The operating thresholds and temperature are chosen on the validation part's predictions
+only, stored with the model (``preprocessing.json``) and measured at every test site
+(summary.json's ``operating_points``, ``calibration`` and ``decision_curves``; results.csv
+columns; :mod:`senolab.evaluation.clinical`); ``senolab evaluate`` measures the stored ones
+on another cohort.
 A finished folder (``done.json``, docs/contracts.md#run-folder) is reused as it is; a
 half-trained one resumes from the trainer's ``last.pt``, removed once the model is packaged.
 """
@@ -22,12 +27,13 @@ from senolab.engine.data import PreparedData, prepare, say_skipped, skipped_reco
 from senolab.engine.predict import predict
 from senolab.engine.trainer import Trainer, pick_device
 from senolab.errors import InputError
-from senolab.evaluation import evaluate
+from senolab.evaluation import POOLED, evaluate
+from senolab.evaluation.clinical import clinical_columns, clinical_metrics, clinical_sections, deployment_state
 from senolab.paths import require_folder, writable_folder
-from senolab.runners.packaged import PREPROCESSING, load_packaged_model, restored_data, save_package
+from senolab.runners.packaged import PREPROCESSING, load_packaged_model, restored_data, save_package, stored_clinical
 from senolab.tracking import RunDir, table_fingerprint, unit_metrics
 from senolab.tracking.provenance import part_datasets
-from senolab.tracking.records import worst_site_tags
+from senolab.tracking.records import metric_values, worst_site_tags
 from senolab.tracking.runfolder import claim_folder, done_record, mark_done
 
 UNIT = "erm"  # what `senolab train` logs: one model trained without adaptation
@@ -49,9 +55,11 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str | Path, progress: 
     live = run.live(UNIT, tags={"method": UNIT})
     model, best_epoch = _trained(config, data, out, live, progress)
     table = predict(model, data.loader("test", config.train.batch_size), data, pick_device(config.train.device))
-    summary = _write_evaluation(table, out, config, config.model_dump(), progress, skipped_records(data.cohort))
+    summary = _write_evaluation(table, out, config, config.model_dump(), progress, skipped_records(data.cohort),
+                                stored_clinical(out / "model"))
     if not run.is_logged(UNIT):
-        metrics = {**unit_metrics(summary["aggregates"][UNIT], None), "best_epoch": best_epoch}
+        metrics = {**unit_metrics(summary["aggregates"][UNIT], None), "best_epoch": best_epoch,
+                   **metric_values(clinical_metrics(summary, _headline_site(summary)))}
         files = [out / name for name in ("predictions.parquet", "summary.json", "results.csv", "split.csv", "model")]
         tags = {"method": UNIT, **worst_site_tags(summary["aggregates"][UNIT]["worst_site"])}
         run.log_unit(UNIT, metrics=metrics, tags=tags, files=files, history=out / "history.csv",
@@ -69,8 +77,11 @@ def _trained(config: ExperimentConfig, data: PreparedData, out: Path, live, prog
     if done is not None:
         return load_packaged_model(package, data), done["best_epoch"]
     result = Trainer(config, data, out, callbacks=[live]).fit(progress=progress)
+    # the operating thresholds and the temperature: chosen on the validation part only
+    validation = predict(result.model, data.loader("val", config.train.batch_size), data,
+                         pick_device(config.train.device))
     shutil.rmtree(package, ignore_errors=True)  # left by a run stopped before it was done
-    save_package(package, result.model, config, data)
+    save_package(package, result.model, config, data, clinical=deployment_state(validation))
     mark_done(out, {"best_epoch": result.best_epoch})
     for spent in ("last.pt", "best.pt"):  # the package holds the one copy of the model
         (out / spent).unlink(missing_ok=True)
@@ -95,16 +106,30 @@ def evaluate_run(run_dir: str | Path, root: str | Path, out_dir: str | Path, pro
     model = load_packaged_model(run_dir / "model", data).to(device)
     table = predict(model, data.loader("test", config.train.batch_size), data, device)
     return _write_evaluation(table, out, config, {**config.model_dump(), "evaluated_on": str(root),
-                                                  "trained_run": str(run_dir)}, progress, skipped_records(cohort))
+                                                  "trained_run": str(run_dir)}, progress, skipped_records(cohort),
+                             state.get("clinical"))
 
 
 def _write_evaluation(table: pd.DataFrame, out: Path, config: ExperimentConfig, summary_config: dict,
-                      progress: bool, skipped: list[dict]) -> dict:
-    """predictions.parquet, summary.json (with the cases skipped while reading) and
-    results.csv of one evaluated model."""
+                      progress: bool, skipped: list[dict], deployed: dict | None = None) -> dict:
+    """predictions.parquet, summary.json (with the cases skipped while reading and, for a
+    model stored with its thresholds, the operating points, calibration and decision
+    curves per site) and results.csv of one evaluated model (its clinical columns per site)."""
     table = table.assign(method="erm")
     table.to_parquet(out / "predictions.parquet")
     evaluation = evaluate(table.drop(columns=["label_name"]), n_resamples=config.evaluation.bootstrap, seed=config.evaluation.seed,
                           progress=progress)
-    paths = evaluation.write(out, summary_config, extra={"skipped": skipped})
+    sections = (clinical_sections(table, deployed, config.evaluation.bootstrap, config.evaluation.seed, pooled=POOLED)
+                if deployed is not None else {})
+    paths = evaluation.write(out, summary_config, extra={**sections, "skipped": skipped})
+    if sections:
+        results = evaluation.results_table()
+        clinical = pd.DataFrame([clinical_columns(sections, site) for site in results["site"]], index=results.index)
+        pd.concat([results, clinical], axis=1).to_csv(paths["results"], index=False)
     return json.loads(paths["summary"].read_text())
+
+
+def _headline_site(summary: dict) -> str:
+    """The site a run's plain metrics describe: all sites pooled, or its only site."""
+    sites = summary.get("operating_points", {}).get("sites", {})
+    return POOLED if POOLED in sites else next(iter(sites), POOLED)

@@ -3,7 +3,9 @@
 :func:`save_package` writes an MLflow pyfunc model folder (``MLmodel``, environment files,
 ``artifacts/model.pt`` — the weights and the config that builds the model — and
 ``artifacts/preprocessing.json`` — classes, letterbox size, site names, the metadata
-encoder fitted on the training part and the radiomics columns). The run folder keeps it
+encoder fitted on the training part, the radiomics columns and, under ``clinical``, the
+operating thresholds and temperature chosen on source validation,
+:func:`senolab.evaluation.clinical.deployment_state`). The run folder keeps it
 and MLflow receives the same folder, so::
 
     model = mlflow.pyfunc.load_model("runs:/<run id>/model")   # or the folder's path
@@ -85,13 +87,17 @@ def restored_metadata(state: dict | None):
 
 
 # ----------------------------------------------------------------------------- the package
-def save_package(folder: str | Path, model: torch.nn.Module, config: ExperimentConfig, data: PreparedData) -> Path:
-    """Write ``folder`` (must not exist) as an MLflow pyfunc model; returns it."""
+def save_package(folder: str | Path, model: torch.nn.Module, config: ExperimentConfig, data: PreparedData,
+                 clinical: dict | None = None) -> Path:
+    """Write ``folder`` (must not exist) as an MLflow pyfunc model; returns it. ``clinical``:
+    the thresholds and temperature chosen on source validation, stored with the model."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
     folder = Path(folder)
     state = preprocessing_state(data)
+    if clinical is not None:
+        state["clinical"] = clinical
     with tempfile.TemporaryDirectory(prefix="senolab-package-") as tmp:
         weights = save_checkpoint(Path(tmp) / WEIGHTS, model=model.state_dict(), config=config.model_dump())
         (Path(tmp) / PREPROCESSING).write_text(json.dumps(state, indent=1))
@@ -132,6 +138,27 @@ def _example_png() -> str:
     buffer = io.BytesIO()
     Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (48, 1))).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def stored_clinical(folder: str | Path) -> dict | None:
+    """The thresholds and temperature a package was saved with (None: saved without them)."""
+    path = Path(folder) / "artifacts" / PREPROCESSING
+    return json.loads(path.read_text()).get("clinical") if path.is_file() else None
+
+
+def stored_threshold(model: str, rule: str) -> float:
+    """The threshold of ``rule`` (youden, sens90, spec90) stored with ``model`` (a run
+    folder, model folder or MLflow URI, as `senolab predict` takes it)."""
+    from senolab.errors import InputError
+    from senolab.runners.predict import package_folder
+
+    with tempfile.TemporaryDirectory(prefix="senolab-threshold-") as tmp:
+        clinical = stored_clinical(package_folder(model, Path(tmp))) or {}
+    thresholds = clinical.get("thresholds") or {}
+    if rule not in thresholds:
+        known = ", ".join(sorted(thresholds)) or "none stored with this model (trained before they were)"
+        raise InputError(f"--threshold {rule}: not a number nor a stored operating point; stored: {known}")
+    return float(thresholds[rule])
 
 
 def package_weights(folder: str | Path) -> Path:

@@ -11,10 +11,22 @@ seed) the runner
 3. selects the checkpoint by source validation (default), by an unsupervised criterion
    on the unlabelled target (``target_entropy``), or by target labels (``oracle`` -
    labelled as such in every result, never the default);
-4. predicts the target site (after the method's inference-time adaptation) and the
-   held-out source cases (in-site performance, for the gap);
+4. predicts the target site (after the method's inference-time adaptation), the
+   held-out source cases (in-site performance, for the gap) and the source validation
+   cases, on which alone the operating thresholds (Youden, sensitivity 0.90, specificity
+   0.90) and the temperature are chosen and stored with the model
+   (:mod:`senolab.evaluation.clinical`);
 5. measures the domain gap that remains in the embeddings: the cross-validated accuracy
-   of a logistic-regression site classifier (source vs target), 0.5 = indistinguishable.
+   of a logistic-regression site classifier (source vs target), 0.5 = indistinguishable;
+6. at the target: sensitivity, specificity, PPV and NPV at each stored threshold (with the
+   target's own, oracle, threshold beside), ECE and Brier before and after the
+   temperature, decision curves.
+
+At the end, with the per-case predictions saved, the study writes the figures of those
+(``calibration.png``, ``decision_curves.png``) and the local recalibration, which USES k
+TARGET LABELS and is therefore kept apart (``recalibration.csv``, ``recalibration.md``,
+``recalibration.png``; :mod:`senolab.evaluation.recalibration`): never in results.csv,
+never used to choose a method.
 
 Each run writes ``runs/<target>/<method>/seed<k>/``; a run with ``done.json`` is done
 and skipped when the study is started again, and a half-trained run resumes from its
@@ -43,6 +55,8 @@ from senolab.engine.data import PreparedData, load_cohorts, prepare, skipped_rec
 from senolab.engine.predict import predict
 from senolab.engine.trainer import Trainer, pick_device
 from senolab.evaluation import METRICS, POOLED, compare_methods, evaluate
+from senolab.evaluation.clinical import (SECTIONS, clinical_columns, clinical_metrics, clinical_sections,
+                                         decision_points, deployment_state, reliability_points)
 from senolab.evaluation.plots import plot_training_curves
 from senolab.evaluation.report import SUMMARY_FILE, WORST, json_safe, load_summary, worst_sites
 from senolab.paths import writable_folder
@@ -53,6 +67,8 @@ from senolab.tracking.provenance import part_datasets, table_fingerprint
 from senolab.tracking.rundir import RunDir, unit_name
 
 CURVES_FILE = "training_curves.png"
+SOURCE_VAL = "source_val"  # the domain of the source validation predictions (thresholds are chosen there)
+RECALIBRATION_FILE = "recalibration.csv"
 PACKAGE = "model"  # the unit's model with its preprocessing (senolab.runners.packaged)
 
 
@@ -134,7 +150,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, c
         run = RunDir.open_or_create(out, config.name, config.model_dump(), tracking_uri=tracking_uri, track=track,
                                     data_fingerprint=table_fingerprint(cohort.table), command="study")
     pairs = study_pairs(config, sorted(cohort.table["site"].unique()))
-    rows, cases, per_unit = [], [], {}
+    rows, cases, per_unit, clinical = [], [], {}, {}
     for pair in pairs:
         data = pair_data(config, cohort, pair)
         for spec in config.methods:
@@ -146,17 +162,21 @@ def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, c
                 result = _run_once(config, unit, progress, callbacks=[run.live(unit.name, tags=unit.tags())], erm=erm)
                 rows.append(result["row"])
                 cases.append(pd.read_parquet(unit.folder / "predictions.parquet"))
-                aggregates = load_summary(unit.folder / SUMMARY_FILE)["aggregates"][spec.label]
+                unit_summary = load_summary(unit.folder / SUMMARY_FILE)
+                aggregates = unit_summary["aggregates"][spec.label]
                 per_unit.setdefault((spec.label, seed), {})[pair.target] = aggregates[pair.target]
+                sections = {name: unit_summary[name] for name in SECTIONS if name in unit_summary}
+                clinical.setdefault((spec.label, seed), {})[pair.target] = sections
                 if not run.is_logged(unit.name):
-                    _log_unit(run, unit, result, aggregates, on_unit)
+                    _log_unit(run, unit, result, aggregates, on_unit, sections)
     cases = pd.concat(cases, ignore_index=True)
     results = pd.DataFrame(rows)
     results["auc_p_vs_erm"] = paired_delong_vs_erm(results, cases)
     results.to_csv(out / "results.csv", index=False)
-    (out / "results.md").write_text(results_markdown(results))
-    summary = _summary(config, per_unit, cases, out, skipped_records(cohort))
-    files = [out / "results.csv", out / "results.md", out / SUMMARY_FILE]
+    (out / "results.md").write_text(results_markdown(results) + "\n" + operating_markdown(results))
+    summary = _summary(config, per_unit, cases, out, skipped_records(cohort), clinical)
+    files = [out / "results.csv", out / "results.md", out / SUMMARY_FILE, *clinical_figures(out, clinical)]
+    files += write_recalibration(out, cases)
     if config.embedding_figure:
         files.append(embedding_figure(out, pairs, config))
     if own_run:
@@ -164,13 +184,16 @@ def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, c
     return summary
 
 
-def _log_unit(run, unit: StudyUnit, result: dict, aggregates: dict, on_unit) -> None:
+def _log_unit(run, unit: StudyUnit, result: dict, aggregates: dict, on_unit, sections: dict) -> None:
     """A unit's MLflow child: headline metrics (target AUC with CI, in-site AUC, gap,
-    site-classifier accuracy...), its files, its epochs (history.csv) and its times."""
+    site-classifier accuracy, the rates at each source threshold, ECE and Brier...), its
+    files, its epochs (history.csv) and its times."""
     from senolab.tracking import unit_metrics
+    from senolab.tracking.records import metric_values
 
     row = result["row"]
     metrics = unit_metrics(aggregates, unit.pair.target)
+    metrics.update(metric_values(clinical_metrics(sections, unit.pair.target)))
     metrics.update({k: row[k] for k in ("insite_auc", "gap_auc", "insite_dice", "gap_dice", "site_classifier_acc",
                                         "best_epoch", "n_target") if row.get(k) is not None and np.isfinite(row[k])})
     files = [unit.folder / name for name in ("predictions.parquet", SUMMARY_FILE, "results.csv", "embeddings.npz",
@@ -243,17 +266,19 @@ def _run_once(config: StudyConfig, unit: StudyUnit, progress: bool, callbacks=()
     adapted = method.adapt_for_inference(model, target_loader)
     target = predict(adapted, data.loader("test", base.train.batch_size), data, device,
                      harmonise=lambda b: method.harmonise(b, "target"))
-    source = predict(model, data.loader("source_test", base.train.batch_size), data, device,
-                     harmonise=lambda b: method.harmonise(b, "source"))
-    table = pd.concat([target.assign(domain="target"), source.assign(domain="source")], ignore_index=True)
+    source, validation = (predict(model, data.loader(part, base.train.batch_size), data, device,
+                                  harmonise=lambda b: method.harmonise(b, "source")) for part in ("source_test", "val"))
+    table = pd.concat([target.assign(domain="target"), source.assign(domain="source"),
+                       validation.assign(domain=SOURCE_VAL)], ignore_index=True)
     table = table.assign(method=spec.label, seed=seed, transductive=method.transductive, selection=config.selection)
     table.to_parquet(run_dir / "predictions.parquet")
+    deployed = deployment_state(validation)  # thresholds and temperature: source validation only
     site_acc = domain_gap(_embeddings(adapted, model, data, method, device, base.train.batch_size), run_dir)
-    row = _result_row(table, spec.label, seed, method.transductive, config, site_acc, best_epoch, run_dir)
+    row = _result_row(table, spec.label, seed, method.transductive, config, site_acc, best_epoch, run_dir, deployed)
     # One model file per unit: the one that predicted the target (after the method's
     # inference-time adaptation). The trainer's resume checkpoints are spent once it is done.
     shutil.rmtree(run_dir / PACKAGE, ignore_errors=True)  # left by a run stopped before it was done
-    save_package(run_dir / PACKAGE, adapted, base, data)
+    save_package(run_dir / PACKAGE, adapted, base, data, clinical=deployed)
     result = json.loads(json.dumps({"row": row, "start_ms": started, "end_ms": int(time.time() * 1000)},
                                    default=float))  # as read back from done.json
     mark_done(run_dir, result)
@@ -343,13 +368,16 @@ SELECTIONS.register("oracle")(SelectionRule("oracle_target_auc", _oracle_target_
 
 
 def _result_row(table: pd.DataFrame, method: str, seed: int, transductive: bool, config: StudyConfig,
-                site_acc: float, best_epoch: int, run_dir: Path) -> dict:
+                site_acc: float, best_epoch: int, run_dir: Path, deployed: dict) -> dict:
     """The unit's results row; its target-site evaluation is written to ``run_dir``
-    (summary.json, results.csv) as every evaluation is."""
+    (summary.json, with the operating points, calibration and decision curves under the
+    ``deployed`` thresholds and temperature; results.csv) as every evaluation is."""
     target, source = table[table["domain"] == "target"], table[table["domain"] == "source"]
-    ev_target = evaluate(target.drop(columns=["label_name", "domain"]), n_resamples=config.base.evaluation.bootstrap,
-                         seed=config.base.evaluation.seed, progress=False)
-    ev_target.write(run_dir, {"method": method, "seed": seed, "target": str(target["site"].iloc[0])})
+    evaluation = config.base.evaluation
+    ev_target = evaluate(target.drop(columns=["label_name", "domain"]), n_resamples=evaluation.bootstrap,
+                         seed=evaluation.seed, progress=False)
+    sections = clinical_sections(target, deployed, evaluation.bootstrap, evaluation.seed)
+    ev_target.write(run_dir, {"method": method, "seed": seed, "target": str(target["site"].iloc[0])}, extra=sections)
     ev_source = evaluate(source.assign(site="source").drop(columns=["label_name", "domain"]),
                          n_resamples=0 if config.base.evaluation.bootstrap == 0 else 200, progress=False)
     site = target["site"].iloc[0]
@@ -366,6 +394,7 @@ def _result_row(table: pd.DataFrame, method: str, seed: int, transductive: bool,
             if metric in tgt and tgt[metric]["value"] is not None and src[metric]["value"] is not None:
                 row[f"gap_{metric}"] = tgt[metric]["value"] - src[metric]["value"]
     row["site_classifier_acc"] = site_acc
+    row.update(clinical_columns(sections, site))
     return row
 
 
@@ -427,6 +456,85 @@ def results_markdown(results: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def operating_markdown(results: pd.DataFrame) -> str:
+    """Per method, target and rule: the source threshold and the rates at the target, with
+    the target's own (oracle) threshold beside, never used to choose anything."""
+    from senolab.evaluation.operating import RULES
+
+    lines = ["At the thresholds chosen on source validation (called malignant when score >= threshold); the oracle "
+             "threshold is the target's own by the same rule (reads target labels: shown, never used).", "",
+             "| method | target | rule | threshold | sensitivity [95% CI] | specificity [95% CI] | PPV [95% CI] "
+             "| NPV [95% CI] | oracle threshold | oracle sensitivity | oracle specificity |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results.to_dict("records"):
+        for rule in RULES.names():
+            if f"threshold_{rule}" not in r or not np.isfinite(r[f"threshold_{rule}"]):
+                continue
+            lines.append(f"| {r['method']} | {r['target_site']} | {rule} | {_num(r[f'threshold_{rule}'])} "
+                         + " ".join(f"| {_ci(r, f'{name}_{rule}')}" for name in ("sensitivity", "specificity", "ppv",
+                                                                                 "npv"))
+                         + "".join(f" | {_num(r.get(f'oracle_{name}_{rule}'))}"
+                                   for name in ("threshold", "sensitivity", "specificity")) + " |")
+    lines += ["", "| method | target | temperature (source val) | ECE [95% CI] | ECE, temperature-scaled "
+              "| Brier [95% CI] | Brier, temperature-scaled |", "|---|---|---|---|---|---|---|"]
+    for r in results.to_dict("records"):
+        if "ece_score" in r:
+            lines.append(f"| {r['method']} | {r['target_site']} | {_num(r.get('temperature'))} | {_ci(r, 'ece_score')} "
+                         f"| {_ci(r, 'ece_score_scaled')} | {_ci(r, 'brier')} | {_ci(r, 'brier_scaled')} |")
+    return "\n".join(lines) + "\n"
+
+
+def clinical_figures(out: Path, clinical: dict) -> list[Path]:
+    """``calibration.png`` (reliability of the malignancy score at each target, as trained
+    and temperature-scaled) and ``decision_curves.png``, one panel per target site."""
+    from senolab.evaluation.calibration import ECE_BINS
+    from senolab.evaluation.clinical_figures import plot_decision_curves, plot_score_reliability
+
+    reliability, decision = [], []
+    several_seeds = len({seed for _, seed in clinical}) > 1
+    for (method, seed), per_target in clinical.items():
+        label = f"{method}/seed{seed}" if several_seeds else method
+        for target, sections in per_target.items():
+            if sections:
+                reliability.append(reliability_points(sections, target).assign(target=target, method=label))
+                decision.append(decision_points(sections, target).assign(target=target, method=label))
+    if not reliability:
+        return []
+    return [plot_score_reliability(pd.concat(reliability, ignore_index=True), out / "calibration.png", ECE_BINS),
+            plot_decision_curves(pd.concat(decision, ignore_index=True), out / "decision_curves.png")]
+
+
+def write_recalibration(out: Path, cases: pd.DataFrame, **options) -> list[Path]:
+    """The local recalibration (USES TARGET LABELS) of every unit from its saved per-case
+    predictions, written apart: ``recalibration.csv``, ``recalibration.md`` and
+    ``recalibration.png``. ``options``: ks, n_draws, seed of
+    :func:`senolab.evaluation.recalibration.local_recalibration`."""
+    from senolab.evaluation.clinical_figures import plot_recalibration
+    from senolab.evaluation.recalibration import local_recalibration, recalibration_markdown
+
+    frame = local_recalibration(cases, **options)
+    frame.to_csv(out / RECALIBRATION_FILE, index=False)
+    (out / "recalibration.md").write_text(recalibration_markdown(frame))
+    files = [out / RECALIBRATION_FILE, out / "recalibration.md"]
+    if not frame.empty:
+        files.append(plot_recalibration(frame, out / "recalibration.png"))
+    return files
+
+
+def recalibrate_study(study_dir: str | Path, **options) -> pd.DataFrame:
+    """Local recalibration of a finished study from its units' saved predictions (no
+    retraining), e.g. with other k or more draws; rewrites the study's recalibration files
+    and returns the table. USES TARGET LABELS: never a way to choose a method."""
+    study_dir = Path(study_dir)
+    paths = sorted((study_dir / "runs").glob("*/*/seed*/predictions.parquet"))
+    if not paths:
+        from senolab.errors import InputError
+
+        raise InputError(f"{study_dir}: not a study folder (no runs/<target>/<method>/seed<k>/predictions.parquet)")
+    write_recalibration(study_dir, pd.concat(map(pd.read_parquet, paths), ignore_index=True), **options)
+    return pd.read_csv(study_dir / RECALIBRATION_FILE)
+
+
 def _p(value) -> str:
     return "-" if value is None or not np.isfinite(value) else f"{value:.2g}"
 
@@ -441,18 +549,28 @@ def _ci(row: dict, metric: str) -> str:
     return f"{row[metric]:.3f} [{row[metric + '_lo']:.3f}, {row[metric + '_hi']:.3f}]"
 
 
-def _summary(config: StudyConfig, per_unit: dict, cases: pd.DataFrame, out: Path, skipped: list[dict]) -> dict:
+def _summary(config: StudyConfig, per_unit: dict, cases: pd.DataFrame, out: Path, skipped: list[dict],
+             clinical: dict) -> dict:
     """summary.json of the study: per method (and seed, when there are several) the target
-    sites' aggregates as each unit's evaluation gave them, and the worst target site."""
+    sites' aggregates as each unit's evaluation gave them, and the worst target site; its
+    operating points (with the source thresholds) and calibration per target site."""
     aggregates: dict[str, dict] = {}
+    operating: dict[str, dict] = {}
+    calibration: dict[str, dict] = {}
     for (method, seed), per_site in per_unit.items():
         key = method if len(config.seeds) == 1 else f"{method}/seed{seed}"
         names = {name for entries in per_site.values() for name in entries}
         metrics = [METRICS.get(name) for name in METRICS.names() if name in names]
         aggregates[key] = {**per_site, WORST: worst_sites(per_site, metrics)}
+        for target, sections in clinical.get((method, seed), {}).items():
+            if sections:
+                points = sections["operating_points"]
+                operating.setdefault(key, {})[target] = {"source": points["source"], **points["sites"][target]}
+                calibration.setdefault(key, {})[target] = sections["calibration"]["sites"][target]
     keep = [c for c in ("case_id", "site", "method", "seed", "domain", "label", "score", "dice", "transductive")
             if c in cases.columns]
     summary = json_safe({"config": config.model_dump(), "aggregates": aggregates,
+                         "operating_points": operating, "calibration": calibration,
                          "cases": cases[keep].to_dict(orient="records"), "skipped": skipped})
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
     return summary
