@@ -1,4 +1,5 @@
-"""`senolab cohorts describe ROOT... [--json] [--strict] [--figure PNG]`.
+"""`senolab cohorts describe ROOT... [--json] [--strict] [--figure PNG]` and
+`senolab cohorts manifest FOLDER [--out FILE] [--force]`.
 
 Only the standard library is imported here: ``senolab --help`` builds every parser.
 """
@@ -24,6 +25,20 @@ def register(subparsers) -> None:
     describe.add_argument("--figure", type=Path, metavar="PNG",
                           help="also save the class-balance and intensity figure to PNG (none by default)")
     describe.set_defaults(func=run_describe)
+    manifest = sub.add_parser(
+        "manifest",
+        help="write a starter manifest.csv and manifest.yaml for a folder of images, to edit",
+        description="Write a starter case manifest for FOLDER from its tree: class sub-folders "
+                    "(normal/benign/malignant) give the label, <name>_mask* files the masks of <name>, DICOM "
+                    "headers the modality, laterality, view, scanner, spacing and patient. Edit it, then run "
+                    "`senolab cohorts describe FOLDER`.",
+    )
+    manifest.add_argument("folder", type=Path, metavar="FOLDER", help="the folder tree of images")
+    manifest.add_argument("--out", type=Path, metavar="FILE",
+                          help="where to write the manifest: a manifest.csv or manifest.json in FOLDER or a "
+                               "folder above it (default FOLDER/manifest.csv); the sidecar goes next to it")
+    manifest.add_argument("--force", action="store_true", help="replace an existing manifest and sidecar")
+    manifest.set_defaults(func=run_manifest)
 
 
 def run_describe(args: argparse.Namespace) -> int:
@@ -43,6 +58,14 @@ def run_describe(args: argparse.Namespace) -> int:
     if args.figure is not None:
         path = describe_figure(cohorts, args.figure)
         print(f"figure: {path.resolve()}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def run_manifest(args: argparse.Namespace) -> int:
+    from senolab.cohorts.starter import write_starter
+
+    starter = write_starter(args.folder, out=args.out, force=args.force)
+    print(starter.summary(args.folder))
     return 0
 
 

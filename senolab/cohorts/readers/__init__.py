@@ -44,7 +44,10 @@ def detect_layout(root: str | Path) -> str | None:
     """The name of the reader that knows the folder's layout, or None (e.g. to pick the
     readable datasets out of a folder that holds others too)."""
     _import_all()
-    return next((name for name in READERS if READERS.get(name).detect(Path(root))), None)
+    # a manifest is the user's own description of the folder: it wins over a layout
+    # guessed from the files (a class-folder tree with a manifest is not read as BUSI)
+    names = sorted(READERS, key=lambda name: name != "manifest")
+    return next((name for name in names if READERS.get(name).detect(Path(root))), None)
 
 
 def expected_layouts() -> str:
@@ -55,4 +58,4 @@ def expected_layouts() -> str:
 
 def _import_all() -> None:
     # Importing the modules registers the readers and sources.
-    from senolab.cohorts.readers import breast, busbra, busi, mias, synthetic  # noqa: F401
+    from senolab.cohorts.readers import breast, busbra, busi, manifest, mias, synthetic  # noqa: F401
