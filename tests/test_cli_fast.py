@@ -24,9 +24,9 @@ REGISTRIES = {
         "adabn", "coral", "cyclegan", "dann", "entropy", "erm", "histogram_matching", "mmd",
         "per_image_standardisation", "self_training"])},
     "evaluation": {"METRICS": ("senolab.evaluation.metrics", [
-        "accuracy", "auc", "auc_positive", "balanced_accuracy", "box_iou", "dice", "ece", "f1",
-        "fp_rate_lesion_free", "hd95_mm", "hd95_px", "iou", "pred_area_lesion_free", "sensitivity",
-        "specificity"]),
+        "accuracy", "auc", "auc_positive", "balanced_accuracy", "box_iou", "dice", "dice_vs_circle", "ece", "f1",
+        "fp_rate_lesion_free", "hd95_mm", "hd95_px", "iou", "iou_vs_circle", "pred_area_lesion_free",
+        "sensitivity", "specificity"]),
                    "RULES": ("senolab.evaluation.operating", ["sens90", "spec90", "youden"]),
                    "CORRUPTIONS": ("senolab.evaluation.corruptions", [
                        "blur", "depth_attenuation", "gain", "jpeg", "resolution", "shadowing", "speckle"])},
