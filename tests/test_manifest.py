@@ -430,3 +430,38 @@ def test_starter_manifest_from_a_class_folder_tree_is_read_by_describe(tmp_path)
     assert json_run.returncode == 0, json_run.stderr
     assert not (tree / "manifest.csv").exists()
     assert len(read_cohort(tree, progress=False)) == 7
+
+
+# ------------------------------------------------------------------------- a study across cohorts
+
+
+def test_a_study_holds_out_a_manifest_site_beside_a_built_in_cohort(tmp_path):
+    """`senolab study` on a two-site manifest plus the synthetic cohort, by relative path:
+    the manifest's `site` column defines its sites, one of which is the unseen target."""
+    folder = tmp_path / "hospitals"
+    rows = [{k: v for k, v in row.items() if k in ("image", "mask", "box", "label", "site")}
+            for row in case_rows(folder, n=8, sites=("north", "south"), metadata=False)]
+    for k, row in enumerate(rows):
+        row["patient"] = f"w{k}"
+    write_manifest(folder, rows, sidecar={"name": "hospitals"})
+    study = {
+        "kind": "study", "name": "manifest_and_synthetic",
+        "base": {"data": {"cohorts": ["hospitals", "synthetic"], "image_size": 32,
+                          "synthetic": {"n_sites": 2, "images_per_site": 8, "image_size": 64},
+                          "split": {"val_fraction": 0.25}},
+                 "model": {"heads": {"classification": True, "segmentation": True, "bbox": True}},
+                 "train": {"epochs": 1, "batch_size": 8}, "evaluation": {"bootstrap": 10}},
+        "protocol": "pairwise",
+        "pairs": [{"sources": ["north", "site_a", "site_b"], "target": "south"}],
+        "methods": ["erm"],
+        "embedding_figure": False,
+    }
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    run = senolab("study", "study.yaml", "--out", "out", "--quiet", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert results[["method", "target_site"]].values.tolist() == [["erm", "south"]]
+    assert results["n_target"].tolist() == [8]
+    predictions = pd.read_parquet(tmp_path / "out" / "runs" / "south" / "erm" / "seed0" / "predictions.parquet")
+    assert set(predictions.loc[predictions["domain"] == "target", "site"]) == {"south"}
+    assert predictions.loc[predictions["site"] == "south", "cohort"].eq("hospitals").all()
