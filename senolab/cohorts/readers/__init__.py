@@ -58,4 +58,4 @@ def expected_layouts() -> str:
 
 def _import_all() -> None:
     # Importing the modules registers the readers and sources.
-    from senolab.cohorts.readers import breast, busbra, busi, manifest, mias, synthetic  # noqa: F401
+    from senolab.cohorts.readers import breast, busbra, busi, cbis_ddsm, manifest, mias, synthetic  # noqa: F401
