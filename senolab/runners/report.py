@@ -197,9 +197,105 @@ def _results(report: dict, study: StudyConfig, units: list[Unit], out: Path) -> 
     tsne = out / "study" / "embeddings_tsne.png"
     if tsne.exists():
         blocks.append(Image(tsne, "t-SNE of the embeddings of held-out source and target cases, per method."))
+    blocks += _clinical(units, out / "study")
     for unit in units:
         blocks += _unit_section(unit, several_seeds=len(study.seeds) > 1)
     return blocks
+
+
+RULE_NAMES = {"youden": "Youden", "sens90": "sensitivity 0.90", "spec90": "specificity 0.90"}
+
+
+def _clinical(units: list[Unit], study: Path) -> list[Block]:
+    """Operating points at the source thresholds (oracle beside), calibration, decision
+    curves, then, apart, the local recalibration that uses target labels."""
+    operating = _operating_table(units)
+    if operating.empty:
+        return []
+    blocks = [Heading(3, "Operating points"),
+              Paragraph("Thresholds were chosen on the source validation cases only (Youden's index, sensitivity 0.90, "
+                        "specificity 0.90; a case is called malignant when its malignancy probability reaches the "
+                        "threshold) and applied unchanged at the target, with 95% patient-bootstrap CIs. The oracle "
+                        "threshold is the target's own by the same rule, chosen with its labels: it shows the "
+                        "threshold shift and is never used to choose anything."),
+              Table(operating),
+              Heading(3, "Calibration"),
+              Paragraph("ECE of the malignancy probability (10 equal-width bins) and Brier score at the target, as "
+                        "trained and after temperature scaling (one temperature fitted on the log-odds of the "
+                        "malignancy probability of the source validation cases)."),
+              Table(_calibration_table(units))]
+    captions = {"calibration.png": "Reliability of the malignancy probability at each target site, as trained "
+                                   "(solid) and temperature-scaled (dashed).",
+                "decision_curves.png": "Decision curves at each target site: net benefit of biopsying the cases at "
+                                       "or above each threshold probability, against biopsying all or none."}
+    blocks += [Image(study / name, caption) for name, caption in captions.items() if (study / name).exists()]
+    return blocks + _recalibration(study)
+
+
+def _operating_table(units: list[Unit]) -> pd.DataFrame:
+    rows = []
+    for unit in units:
+        row = unit.row
+        for rule, name in RULE_NAMES.items():
+            if _missing(row.get(f"threshold_{rule}")):
+                continue
+            rows.append({"method": unit.entry["method"], "target": unit.entry["target"], "threshold rule": name,
+                         "source threshold": _number(row[f"threshold_{rule}"]),
+                         **{f"{label} [95% CI]": _row_metric(row, f"{key}_{rule}")
+                            for key, label in (("sensitivity", "sensitivity"), ("specificity", "specificity"),
+                                               ("ppv", "PPV"), ("npv", "NPV"))},
+                         "oracle threshold": _number(row.get(f"oracle_threshold_{rule}")),
+                         "oracle sensitivity": _number(row.get(f"oracle_sensitivity_{rule}")),
+                         "oracle specificity": _number(row.get(f"oracle_specificity_{rule}"))})
+    return pd.DataFrame(rows)
+
+
+def _calibration_table(units: list[Unit]) -> pd.DataFrame:
+    return pd.DataFrame([{"method": u.entry["method"], "target": u.entry["target"],
+                          "temperature": _number(u.row.get("temperature"), 2),
+                          "ECE [95% CI]": _row_metric(u.row, "ece_score"),
+                          "ECE, scaled": _row_metric(u.row, "ece_score_scaled"),
+                          "Brier [95% CI]": _row_metric(u.row, "brier"),
+                          "Brier, scaled": _row_metric(u.row, "brier_scaled")} for u in units])
+
+
+def _recalibration(study: Path) -> list[Block]:
+    """The local recalibration: a section of its own, as it uses k labelled target cases."""
+    path = study / "recalibration.csv"
+    if not path.exists() or path.stat().st_size < 2:
+        return []
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return []
+    if frame.empty:
+        return []
+    table = pd.DataFrame([{"method": r["method"], "target": r["target_site"], "uses target labels (k)":
+                           r["uses_target_labels"], "threshold rule": RULE_NAMES.get(r["rule"], r["rule"]),
+                           "sensitivity [draws 2.5-97.5%]": _row_metric(r, "sensitivity"),
+                           "specificity [draws 2.5-97.5%]": _row_metric(r, "specificity"),
+                           "at the source threshold": _number(r.get("source_specificity")),
+                           "oracle specificity": _number(r.get("oracle_specificity"))}
+                          for r in frame.to_dict("records")])
+    blocks = [Heading(3, "Local recalibration (uses target labels)"),
+              Paragraph(f"Kept apart from the results above because it USES TARGET LABELS: k labelled cases of the "
+                        f"target site (drawn by patient, stratified by class, {int(frame['n_draws'].max())} random "
+                        "draws) re-set each threshold, evaluated on the remaining target cases only; mean over draws "
+                        "with the 2.5th-97.5th percentiles, beside the specificity of the frozen source threshold on "
+                        "the same cases and of the oracle threshold. Never used to choose a method."),
+              Table(table)]
+    figure = study / "recalibration.png"
+    if figure.exists():
+        blocks.append(Image(figure, "Specificity (and sensitivity) at the sensitivity-0.90 threshold re-set on k "
+                                    "labelled target cases, against k (0: the source threshold); dashed: the oracle."))
+    return blocks
+
+
+def _row_metric(row: dict, name: str) -> str:
+    """``0.781 [0.606, 0.922]`` from a results row's ``name``, ``name_lo``, ``name_hi``."""
+    if _missing(row.get(name)):
+        return "-"
+    return f"{_number(row[name])} [{_number(row.get(name + '_lo'))}, {_number(row.get(name + '_hi'))}]"
 
 
 def _results_table(units: list[Unit], several_seeds: bool) -> pd.DataFrame:
