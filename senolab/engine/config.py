@@ -64,6 +64,22 @@ class SyntheticOptions(Strict):
                                image_size=self.image_size, seed=self.seed)
 
 
+class SyntheticMGOptions(Strict):
+    """The ``synthetic_mg`` source: synthetic mammography sites (film-like, digital-like, CR)."""
+
+    n_sites: int = Field(2, ge=1)
+    images_per_site: int = Field(40, ge=4)
+    image_size: int = Field(128, ge=64)
+    seed: int = 0
+
+    def build(self):
+        """The generator's own config (vendor profiles from ``default_vendors``)."""
+        from senolab.cohorts.synthetic_mammography import MammographyConfig, default_vendors
+
+        return MammographyConfig(sites=default_vendors(self.n_sites), images_per_site=self.images_per_site,
+                                 image_size=self.image_size, seed=self.seed)
+
+
 class SplitConfig(Strict):
     """How cases are divided; always patient- and duplicate-group-disjoint.
 
@@ -101,10 +117,12 @@ class SplitConfig(Strict):
 
 
 class DataConfig(Strict):
-    """``cohorts``: dataset folders (layout detected) or ``synthetic`` for the generator."""
+    """``cohorts``: dataset folders (layout detected), ``synthetic`` for the ultrasound
+    generator or ``synthetic_mg`` for the mammography one (each with its section below)."""
 
     cohorts: list[str] = ["synthetic"]
     synthetic: SyntheticOptions = SyntheticOptions()
+    synthetic_mg: SyntheticMGOptions = SyntheticMGOptions()
     image_size: int = Field(128, ge=32)
     classes: Literal["binary", "three"] = "binary"
     split: SplitConfig = SplitConfig()

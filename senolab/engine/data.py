@@ -41,7 +41,7 @@ def load_cohorts(config: DataConfig, progress: bool = True) -> Cohort:
 
 def _source_options(config: DataConfig) -> dict:
     """Each in-memory cohort source's options, from its section of the data config."""
-    return {"synthetic": config.synthetic.build()}
+    return {"synthetic": config.synthetic.build(), "synthetic_mg": config.synthetic_mg.build()}
 
 
 SKIPPED_SHOWN = 5  # problems printed in full; every one is in summary.json

@@ -1,5 +1,7 @@
 """The synthetic cohort as a source: made in memory by :func:`senolab.cohorts.synthetic.generate`
-(source ``synthetic``, options a ``SyntheticConfig``), or written by
+(source ``synthetic``, options a ``SyntheticConfig``; its mammography sibling, source
+``synthetic_mg``, by :func:`senolab.cohorts.synthetic_mammography.generate_mammography`
+from a ``MammographyConfig``, in memory only), or written by
 :func:`senolab.cohorts.synthetic.write` and read back (reader ``synthetic``).
 
 Layout: ``senolab_synthetic.json`` (the generating config), ``metadata.csv`` (one row per
@@ -31,6 +33,8 @@ from senolab.cohorts.synthetic import (
     parse_cell,
     read_config,
 )
+from senolab.cohorts.synthetic_mammography import COHORT as MG_COHORT
+from senolab.cohorts.synthetic_mammography import generate_mammography
 
 
 class SyntheticReader:
@@ -107,3 +111,4 @@ def _report_files_without_rows(root: Path, records: pd.DataFrame, log: ProblemLo
 
 READERS.register(COHORT)(SyntheticReader())
 SOURCES.register(COHORT)(generate)
+SOURCES.register(MG_COHORT)(generate_mammography)
