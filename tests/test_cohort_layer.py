@@ -135,3 +135,13 @@ def test_dataset_batch_contract_and_seeded_augmentation():
     assert x0 == pytest.approx(xs.min().item() / 32) and y1 == pytest.approx((ys.max().item() + 1) / 32)
     unlabelled = CohortDataset(cohort, size=32, labelled=False)
     assert not unlabelled[2]["has_label"]
+
+
+def test_a_pair_is_linked_within_the_smaller_of_its_modalities_distances():
+    from senolab.cohorts.dedup import duplicate_groups
+
+    hashes = np.array([0x0, 0x3, 0xF00, 0xF03], dtype=np.uint64)  # two pairs 2 bits apart, 4+ between
+    limits = np.array([10, 10, 1, 1])  # two ultrasound images, then two mammograms
+    groups = duplicate_groups(hashes, limits)
+    assert groups[0] == groups[1]  # ultrasound: a near-duplicate
+    assert groups[2] != groups[3]  # mammography: 2 bits is another woman's film

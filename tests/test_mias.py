@@ -120,6 +120,9 @@ def test_cohorts_describe_on_mias():
     assert summary["classes"] == {"normal": 207, "benign": 63, "malignant": 52}
     assert summary["mask_kinds"] == {"circle": 318, "none": 4} and summary["modalities"] == {"MG": 322}
     assert summary["n_lesions"] == 119 and summary["problems"] == []
+    # mini-MIAS holds no duplicate films: at the ultrasound threshold the hash linked 267
+    # images of different women into 6 "duplicate" groups (dedup.MAX_DISTANCE_BY_MODALITY)
+    assert summary["duplicate_groups"] == 0
 
 
 # -- a tiny layout written here ------------------------------------------------------------

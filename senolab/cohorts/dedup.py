@@ -25,6 +25,12 @@ from senolab.cohorts.schema import Cohort
 # at 12 unrelated scans of similar anatomy start to match (benign (425) vs benign (5)).
 # Most BUSI images have no neighbour closer than 14.
 DEFAULT_MAX_DISTANCE = 10
+# Mammograms share their lowest frequencies (a breast on a dark ground, chest wall on one
+# side), so the hash cannot tell near-copies from other women there: on mini-MIAS, films of
+# different women (and labels) lie 2 bits apart, and at 10 bits one "group" held 133 of
+# its 322 images. For MG only re-saved copies (0-1 bits) are linked; the patient grouping
+# of a woman's films does the rest.
+MAX_DISTANCE_BY_MODALITY = {"US": DEFAULT_MAX_DISTANCE, "MR": DEFAULT_MAX_DISTANCE, "MG": 1}
 
 
 def phash(image: np.ndarray) -> np.uint64:
@@ -52,12 +58,13 @@ MAX_ASPECT_DIFFERENCE = 0.05
 
 
 def duplicate_groups(
-    hashes: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE, aspects: np.ndarray | None = None
+    hashes: np.ndarray, max_distance: int | np.ndarray = DEFAULT_MAX_DISTANCE, aspects: np.ndarray | None = None
 ) -> np.ndarray:
     """Group index per image: images linked by a chain of near-duplicates share one.
 
-    ``aspects`` (width / height per image), when given, keeps images of different shapes
-    apart whatever their hashes.
+    ``max_distance`` may be one per image (by modality): a pair is linked within the
+    smaller of its two. ``aspects`` (width / height per image), when given, keeps images
+    of different shapes apart whatever their hashes.
     """
     n = len(hashes)
     parent = np.arange(n)
@@ -68,7 +75,8 @@ def duplicate_groups(
             i = parent[i]
         return i
 
-    close = hamming_matrix(hashes) <= max_distance
+    limit = np.broadcast_to(np.asarray(max_distance), (n,))
+    close = hamming_matrix(hashes) <= np.minimum(limit[:, None], limit[None, :])
     if aspects is not None:
         aspects = np.asarray(aspects, dtype=np.float64)
         close &= np.abs(aspects[:, None] / aspects[None, :] - 1.0) <= MAX_ASPECT_DIFFERENCE
@@ -91,14 +99,18 @@ def image_hashes(cohort: Cohort, progress: bool = True) -> np.ndarray:
     )
 
 
-def mark_duplicates(cohort: Cohort, max_distance: int = DEFAULT_MAX_DISTANCE, progress: bool = True) -> Cohort:
+def mark_duplicates(cohort: Cohort, max_distance: int | None = None, progress: bool = True) -> Cohort:
     """Add ``phash`` and ``duplicate_group`` columns (in place) and return the cohort.
+
+    ``max_distance`` (bits) defaults to each image's modality's (MAX_DISTANCE_BY_MODALITY).
 
     ``duplicate_group`` is a string id shared by near-duplicates ("dup0007") and the
     case's own id for an image with no duplicate, so it can always be used as a group.
     Run it on a combined study to find duplicates across cohorts too.
     """
     hashes = image_hashes(cohort, progress)
+    if max_distance is None:
+        max_distance = cohort.table["modality"].map(MAX_DISTANCE_BY_MODALITY).to_numpy(int)
     groups = duplicate_groups(hashes, max_distance, (cohort.table["width"] / cohort.table["height"]).to_numpy())
     sizes = np.bincount(groups)
     table = cohort.table
