@@ -351,3 +351,11 @@ def test_predict_finds_dicom_images_and_skips_dicom_masks(tmp_path):
     images, skipped = find_images(folder)
     assert [p.name for p in images] == ["a.dcm", "b.DICOM"]
     assert [s["file"] for s in skipped] == [str(folder / "a_mask.dcm")]
+
+
+def test_the_header_alone_equals_the_header_read_with_the_pixels(tmp_path):
+    from senolab.cohorts.dicom import dicom_header
+
+    path = mammogram_dicom(tmp_path / "m.dcm", np.full((16, 12), 900, np.uint16), laterality="R", view="MLO")
+    assert dicom_header(path, patient_salt="s") == read_dicom(path, patient_salt="s").header
+    assert dicom_header(strip_pixel_data(path))["view"] == "MLO"  # no pixels needed

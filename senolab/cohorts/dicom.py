@@ -101,6 +101,16 @@ def read_dicom(path: str | Path, patient_salt: str | None = None) -> DicomImage:
         raise DicomError(f"DICOM header value cannot be read ({_one_line(err)})") from None
 
 
+def dicom_header(path: str | Path, patient_salt: str | None = None) -> dict[str, Any]:
+    """The whitelisted header of :func:`read_dicom`, without reading the pixel data (a
+    reader that needs a mammogram's spacing before :func:`load_cases` decodes it)."""
+    ds = _read_dataset(path, stop_before_pixels=True)
+    try:
+        return _header(ds, patient_salt)
+    except (ValueError, TypeError, AttributeError, KeyError) as err:
+        raise DicomError(f"DICOM header value cannot be read ({_one_line(err)})") from None
+
+
 def dicom_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from Columns and Rows, without reading the pixel data."""
     ds = _read_dataset(path, stop_before_pixels=True, specific_tags=["Rows", "Columns"])

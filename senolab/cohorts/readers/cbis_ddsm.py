@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from senolab.cohorts.dicom import dicom_size, read_dicom
+from senolab.cohorts.dicom import dicom_header, dicom_size
 from senolab.cohorts.imaging import READ_ERRORS
 from senolab.cohorts.readers import READERS
 from senolab.cohorts.readers.base import CaseFiles, ProblemLog, TableRow, load_cases, read_text_table, table_rows
@@ -291,7 +291,7 @@ def _case(image: Mammogram, tree: Path, dicoms: dict[str, list[Path]], log: Prob
         return None
     try:
         size = dicom_size(full)
-        header = read_dicom(full).header  # the pixel spacing is in no CSV
+        header = dicom_header(full)  # the pixel spacing is in no CSV; load_cases decodes the pixels
     except READ_ERRORS as err:
         log.add(full, f"unreadable mammogram DICOM ({err}); case {image.subject} skipped")
         return None
