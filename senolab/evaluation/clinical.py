@@ -9,7 +9,8 @@ the oracle threshold beside (:mod:`.operating`), ECE and Brier before and after 
 temperature with reliability bins (:mod:`.calibration`), and decision curves
 (:mod:`.decision`). Those are summary.json sections; :func:`clinical_columns` flattens one
 site for results.csv and :func:`clinical_metrics` for MLflow. No target label is used to
-choose anything here: the oracle is reported, never applied.
+choose anything here: the oracle is reported, never applied. The shapes are in
+docs/contracts.md#clinical-outputs.
 """
 from __future__ import annotations
 
