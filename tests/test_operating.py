@@ -169,3 +169,26 @@ def test_clinical_sections_give_the_results_columns():
     assert {"oracle_threshold_youden", "ppv_sens90", "npv_spec90", "ece_score", "brier_scaled_hi",
             "temperature"} <= set(columns)
     assert deployment_state(table[table["label"] == 0])["thresholds"] == {}  # one class: nothing chosen
+
+
+def test_a_study_recalibrates_each_unit_with_its_own_source_thresholds(tmp_path):
+    """Leave-one-site-out: the same method has one unit per target, each with its own
+    source validation cases; each unit's frozen threshold must be its own."""
+    from senolab.runners.study import write_recalibration
+
+    units = []
+    for target, seed in (("t1", 1), ("t2", 2)):
+        source = site_table(seed=seed + 10)
+        source["score"] = source["prob_malignant"] = source["score"] ** (seed * 2)  # another threshold per unit
+        source["prob_benign"] = 1 - source["score"]
+        source["case_id"] = f"{target}-source-" + source["case_id"]
+        units.append(pd.concat([site_table(seed=seed).assign(site=target, domain="target"),
+                                source.assign(site="s", domain="source_val")]).assign(method="erm", seed=0))
+    write_recalibration(tmp_path, units, ks=(10,), n_draws=5)
+    frame = pd.read_csv(tmp_path / "recalibration.csv")
+    youden = frame[frame["rule"] == "youden"].set_index("target_site")["source_threshold"]
+    for target, unit in zip(("t1", "t2"), units):
+        own = deployment_state(unit[unit["domain"] == "source_val"])["thresholds"]["youden"]
+        assert youden[target] == pytest.approx(own)
+    assert youden["t1"] != pytest.approx(youden["t2"])
+    assert (tmp_path / "recalibration.png").is_file()

@@ -153,10 +153,11 @@ def local_recalibration(predictions: pd.DataFrame, ks=K_VALUES, n_draws: int = N
                         source_temperature: float | None = None) -> pd.DataFrame:
     """The protocol (module docstring) for every model and target site of ``predictions``.
 
-    ``predictions``: a prediction table (``senolab/engine/predict.py``) of one or more
-    models (``method``, ``seed``). With a ``domain`` column (a study's), the
-    ``source_val`` rows give each model's source thresholds and temperature and the
-    ``target`` rows are recalibrated; without one, every row is a target case and
+    ``predictions``: a prediction table (``senolab/engine/predict.py``) of one study unit
+    (or of models told apart by ``method``, ``seed`` that share their source cases; a
+    leave-one-site-out study's units do not: call it per unit). With a ``domain`` column
+    (a study's), the ``source_val`` rows give the model's source thresholds and
+    temperature and the ``target`` rows are recalibrated; without one, every row is a target case and
     ``source_thresholds`` / ``source_temperature`` give the frozen ones (else only the
     local results are filled). One row per (model, target site, k, rule)."""
     table = predictions.copy()

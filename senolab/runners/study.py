@@ -169,14 +169,14 @@ def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, c
                 clinical.setdefault((spec.label, seed), {})[pair.target] = sections
                 if not run.is_logged(unit.name):
                     _log_unit(run, unit, result, aggregates, on_unit, sections)
-    cases = pd.concat(cases, ignore_index=True)
+    unit_tables, cases = cases, pd.concat(cases, ignore_index=True)
     results = pd.DataFrame(rows)
     results["auc_p_vs_erm"] = paired_delong_vs_erm(results, cases)
     results.to_csv(out / "results.csv", index=False)
     (out / "results.md").write_text(results_markdown(results) + "\n" + operating_markdown(results))
     summary = _summary(config, per_unit, cases, out, skipped_records(cohort), clinical)
     files = [out / "results.csv", out / "results.md", out / SUMMARY_FILE, *clinical_figures(out, clinical)]
-    files += write_recalibration(out, cases)
+    files += write_recalibration(out, unit_tables)
     if config.embedding_figure:
         files.append(embedding_figure(out, pairs, config))
     if own_run:
@@ -504,15 +504,15 @@ def clinical_figures(out: Path, clinical: dict) -> list[Path]:
             plot_decision_curves(pd.concat(decision, ignore_index=True), out / "decision_curves.png")]
 
 
-def write_recalibration(out: Path, cases: pd.DataFrame, **options) -> list[Path]:
+def write_recalibration(out: Path, unit_tables: list[pd.DataFrame], **options) -> list[Path]:
     """The local recalibration (USES TARGET LABELS) of every unit from its saved per-case
-    predictions, written apart: ``recalibration.csv``, ``recalibration.md`` and
-    ``recalibration.png``. ``options``: ks, n_draws, seed of
-    :func:`senolab.evaluation.recalibration.local_recalibration`."""
+    predictions (one table per unit: its source_val rows give ITS thresholds), written
+    apart: ``recalibration.csv``, ``recalibration.md`` and ``recalibration.png``.
+    ``options``: ks, n_draws, seed of :func:`senolab.evaluation.recalibration.local_recalibration`."""
     from senolab.evaluation.clinical_figures import plot_recalibration
     from senolab.evaluation.recalibration import local_recalibration, recalibration_markdown
 
-    frame = local_recalibration(cases, **options)
+    frame = pd.concat([local_recalibration(table, **options) for table in unit_tables], ignore_index=True)
     frame.to_csv(out / RECALIBRATION_FILE, index=False)
     (out / "recalibration.md").write_text(recalibration_markdown(frame))
     files = [out / RECALIBRATION_FILE, out / "recalibration.md"]
@@ -531,7 +531,7 @@ def recalibrate_study(study_dir: str | Path, **options) -> pd.DataFrame:
         from senolab.errors import InputError
 
         raise InputError(f"{study_dir}: not a study folder (no runs/<target>/<method>/seed<k>/predictions.parquet)")
-    write_recalibration(study_dir, pd.concat(map(pd.read_parquet, paths), ignore_index=True), **options)
+    write_recalibration(study_dir, [pd.read_parquet(path) for path in paths], **options)
     return pd.read_csv(study_dir / RECALIBRATION_FILE)
 
 
