@@ -112,9 +112,9 @@ def test_cases_are_mammograms_with_exact_masks_patients_and_metadata(cohort):
     assert set(t["modality"]) == {"MG"} and set(t["mask_kind"]) == {"outline"}
     assert set(t["site"]) == {"mg_film", "mg_digital"} and (t.groupby("site").size() == 40).all()
     assert set(t["laterality"]) == {"L", "R"} and set(t["view"]) == {"CC", "MLO"}
-    assert set(t["tissue_density"]) <= set(DENSITY_LEVELS) and t["tissue_density"].nunique() >= 3
+    assert set(t["breast_density"]) <= set(DENSITY_LEVELS) and t["breast_density"].nunique() >= 3
     assert set(t["label"]) == {"normal", "benign", "malignant"}
-    assert cohort.columns["finding"].outcome and not cohort.columns["tissue_density"].outcome
+    assert cohort.columns["finding"].outcome and not cohort.columns["breast_density"].outcome
     assert (t.groupby("patient_id").size() == 2).all()  # two images per patient: splits must keep them together
     both_breasts = t.groupby("patient_id")["laterality"].nunique() == 2
     assert both_breasts.any() and (~both_breasts).any()
@@ -178,8 +178,8 @@ def test_denser_breasts_hide_masses_across_a_cohort():
     larger = generate_mammography(MammographyConfig(images_per_site=160), progress=False)
     rows = larger.table[larger.table["finding"] == "mass"]
     cnr = pd.Series([contrast(larger.arrays[c][0], larger.arrays[c][1][0]) for c in rows["case_id"]],
-                    index=rows["tissue_density"].to_numpy())
-    fatty, dense = cnr[cnr.index.isin(["a", "b"])], cnr[cnr.index.isin(["c", "d"])]
+                    index=rows["breast_density"].to_numpy())
+    fatty, dense = cnr[cnr.index.isin(["1", "2"])], cnr[cnr.index.isin(["3", "4"])]
     assert len(fatty) >= 15 and len(dense) >= 15
     assert fatty.mean() > 1.4 * dense.mean()
 

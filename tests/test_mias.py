@@ -45,7 +45,7 @@ def test_counts_of_the_readme(mias):
     t = mias.table
     assert len(t) == 322 and t["patient_id"].nunique() == 161
     assert Counter(t["label"]) == {"normal": 207, "benign": 63, "malignant": 52}
-    assert Counter(t["tissue_density"]) == {"F": 106, "G": 104, "D": 112}
+    assert Counter(t["background_tissue"]) == {"F": 106, "G": 104, "D": 112}
     assert not mias.problems and not mias.splits  # mini-MIAS ships no official split
     assert set(t["modality"]) == {"MG"} and set(t["view"]) == {"MLO"} and set(t["site"]) == {"mias"}
     assert np.allclose(t["pixel_spacing_mm"], 0.4)  # 200 micron pixels, halved to 512 px here
@@ -54,7 +54,7 @@ def test_counts_of_the_readme(mias):
     several = [ref for ref, n in Counter(row[0] for row in _info_rows()).items() if n > 1]
     assert len(several) == 7  # 7 images hold several abnormalities, each one case
     assert sorted(mias.outcome_columns()) == ["abnormality", "severity"]
-    assert "tissue_density" in mias.model_inputs() and "severity" not in mias.model_inputs()
+    assert "background_tissue" in mias.model_inputs() and "severity" not in mias.model_inputs()
 
 
 @pytest.mark.realdata

@@ -9,7 +9,7 @@ set its pixel spacing):
 - anatomy: a compressed breast against the chest wall (a half-ellipse for CC, a longer,
   lower one with the pectoral muscle in the upper corner for MLO), its thickness falling
   to zero at the skin line; fibroglandular tissue as a smooth random field whose volume
-  fraction follows the BI-RADS density (``tissue_density`` "a" < "b" < "c" < "d");
+  fraction follows the BI-RADS density (``breast_density`` "1" < "2" < "3" < "4", the column CBIS-DDSM's reader fills);
 - lesions: masses (benign: round or oval, circumscribed; malignant: irregular,
   indistinct, spiculated) and calcification clusters (benign: a few round specks,
   scattered; malignant: many pleomorphic, some linear, tightly clustered). A mass replaces
@@ -25,7 +25,7 @@ set its pixel spacing):
 
 Every patient has two images: both views (CC, MLO) of one breast, or one view of both
 breasts (the lesion is in one of them; the other image is normal), so splits must keep
-patients together. Metadata: ``laterality``, ``view``, ``tissue_density`` (ordinal), ``age``,
+patients together. Metadata: ``laterality``, ``view``, ``breast_density`` (ordinal), ``age``,
 and ``finding`` (none / mass / calcification), an OUTCOME column. Masks are exact
 outlines: a mass's body; a calcification cluster's region (its specks, dilated, filled).
 The same config gives identical arrays.
@@ -45,15 +45,15 @@ from senolab.cohorts.imaging import bbox_from_mask
 from senolab.cohorts.schema import LABELS, Cohort, Column, Kind
 
 COHORT = "synthetic_mg"
-DENSITY_LEVELS = ("a", "b", "c", "d")  # BI-RADS breast composition, fatty to extremely dense
+DENSITY_LEVELS = ("1", "2", "3", "4")  # BI-RADS breast composition (4th edition numbers, as CBIS-DDSM; the 5th edition's a-d)
 GLAND_FRACTION = (0.12, 0.32, 0.55, 0.78)  # fibroglandular area fraction per density level
 FINDINGS = ("none", "mass", "calcification")
 
 METADATA_COLUMNS: dict[str, Column] = {
     "laterality": Column("laterality", Kind.CATEGORICAL, ("L", "R"), False, "which breast"),
     "view": Column("view", Kind.CATEGORICAL, ("CC", "MLO"), False, "craniocaudal or mediolateral oblique"),
-    "tissue_density": Column("tissue_density", Kind.ORDINAL, DENSITY_LEVELS, False,
-                             "BI-RADS breast composition: a fatty ... d extremely dense"),
+    "breast_density": Column("breast_density", Kind.ORDINAL, DENSITY_LEVELS, False,
+                             "BI-RADS breast composition: 1 fatty ... 4 extremely dense"),
     "age": Column("age", Kind.NUMERIC, (), False, "years at the examination"),
     "finding": Column("finding", Kind.CATEGORICAL, FINDINGS, True, "the lesion type: encodes the label"),
 }
@@ -446,7 +446,7 @@ def _row(case_id: str, patient: MGPatient, k: int, vendor: Vendor, image: np.nda
         "lesion_bboxes": [bbox_from_mask(m) for m in masks],
         "laterality": laterality,
         "view": view,
-        "tissue_density": DENSITY_LEVELS[patient.density],
+        "breast_density": DENSITY_LEVELS[patient.density],
         "age": patient.age,
         "finding": patient.finding.kind if shows and patient.finding is not None else "none",
     }

@@ -46,7 +46,7 @@ COLUMNS = {
     "laterality": Column("laterality", Kind.CATEGORICAL, ("L", "R"),
                          description="breast side, from the file number (even left, odd right)"),
     "view": Column("view", Kind.CATEGORICAL, ("CC", "MLO"), description="mammographic view (MLO for every image)"),
-    "tissue_density": Column("tissue_density", Kind.ORDINAL, TISSUES,
+    "background_tissue": Column("background_tissue", Kind.ORDINAL, TISSUES,
                              description="background tissue: F fatty, G fatty-glandular, D dense-glandular"),
     "abnormality": Column("abnormality", Kind.MULTI, CLASSES, outcome=True,
                           description="class of each abnormality (NORM for a normal image)"),
@@ -230,7 +230,7 @@ def _case(base: Path, reference: str, rows: list[InfoRow], info: Path, manifest:
         metadata={
             "laterality": "L" if number % 2 == 0 else "R",
             "view": "MLO",
-            "tissue_density": rows[0].tissue,
+            "background_tissue": rows[0].tissue,
             "abnormality": sorted({row.kind for row in rows}),
             "severity": severity,
         },
