@@ -215,6 +215,7 @@ def stress_test(run: str | Path, root: str | Path, out: str | Path | None = None
     with tqdm(total=len(models) * len(plan), desc="stress", unit="pass", disable=not progress) as bar:
         for model in models:
             rows, described[model.unit] = stressed_cases(model, cohort.table)
+            described[model.unit] += _masked_inputs(model)
             frame = _stress_model(model, cohort, rows, plan, seed, n_resamples, bar)
             frames.append(frame)
             if not tracked.is_logged(model.unit):
@@ -250,6 +251,19 @@ def _stress_model(model: StressModel, cohort, rows: pd.DataFrame, plan, seed: in
                           n_resamples=model.config.evaluation.bootstrap if n_resamples is None else n_resamples,
                           seed=model.config.evaluation.seed, progress=False)
     return _rows(model, evaluation.aggregates, plan, len(rows))
+
+
+def _masked_inputs(model: StressModel) -> str:
+    """What the stressed model does without: radiomics are features of the clean image's
+    lesion, not recomputed on a corrupted one, so they are masked as missing (as a packaged
+    model does with new images) and the clean row differs from the study's own score."""
+    from senolab.runners.packaged import PREPROCESSING
+
+    state = json.loads((model.package / "artifacts" / PREPROCESSING).read_text())
+    if not state.get("radiomics_columns"):
+        return ""
+    return "; its radiomics inputs are masked as missing (never recomputed on corrupted images), so its clean score " \
+           "is that of image and metadata alone, not the study's"
 
 
 def _harmonise(model: StressModel):
@@ -334,7 +348,7 @@ def _full_markdown(table: pd.DataFrame, described: dict, settings: dict) -> str:
     for r in table.to_dict("records"):
         full.append(f"| {r['model']} | {r['corruption']} | {r['severity']} | {r['n_cases']} | {_ci(r, 'auc')} "
                     f"| {_num(r['delta_auc'])} | {_ci(r, 'dice')} | {_num(r['delta_dice'])} |")
-    return "\n".join(head) + stress_markdown(table) + "\nAll values:\n\n" + "\n".join(full) + "\n"
+    return "\n".join(head) + "\n" + stress_markdown(table) + "\nAll values:\n\n" + "\n".join(full) + "\n"
 
 
 def _write(out: Path, table: pd.DataFrame, markdown: str, settings: dict, described: dict, cohort, seed: int,
