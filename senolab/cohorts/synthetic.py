@@ -336,7 +336,7 @@ def site_plan(config: SyntheticConfig, site_index: int) -> list[ImageSpec]:
     n_base = config.images_per_site - n_dup
     n_second = int(round(n_base * config.second_view_fraction / (1 + config.second_view_fraction)))
     n_patients = n_base - n_second
-    labels = _allocate(site.prevalence, n_patients, rng)
+    labels = allocate_labels(site.prevalence, n_patients, rng)
     patients = []
     for p, label in enumerate(labels):
         prng = np.random.default_rng([config.seed, site_index, 0, p])
@@ -363,7 +363,7 @@ def _shuffled(specs: list[ImageSpec], rng: np.random.Generator) -> list[ImageSpe
     ]
 
 
-def _allocate(prevalence: tuple[float, ...], n: int, rng: np.random.Generator) -> list[str]:
+def allocate_labels(prevalence: tuple[float, ...], n: int, rng: np.random.Generator) -> list[str]:
     """Labels in the configured proportions (largest remainder), in random order."""
     exact = np.array(prevalence) * n
     counts = np.floor(exact).astype(int)

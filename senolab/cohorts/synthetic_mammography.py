@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from senolab.cohorts.imaging import bbox_from_mask
 from senolab.cohorts.schema import LABELS, Cohort, Column, Kind
+from senolab.cohorts.synthetic import allocate_labels
 
 COHORT = "synthetic_mg"
 DENSITY_LEVELS = ("1", "2", "3", "4")  # BI-RADS breast composition (4th edition numbers, as CBIS-DDSM; the 5th edition's a-d)
@@ -196,15 +197,6 @@ def _draw_patient(rng: np.random.Generator, patient_id: str, label: str, vendor:
         view = "CC" if rng.random() < 0.5 else "MLO"
         images = (("L", view, finding is not None and side == "L"), ("R", view, finding is not None and side == "R"))
     return MGPatient(patient_id, label, age, density, finding, images)
-
-
-def _allocate(prevalence: tuple[float, ...], n: int, rng: np.random.Generator) -> list[str]:
-    exact = np.array(prevalence) * n
-    counts = np.floor(exact).astype(int)
-    for i in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
-        counts[i] += 1
-    labels = [label for label, c in zip(LABELS, counts) for _ in range(c)]
-    return [labels[i] for i in rng.permutation(n)]
 
 
 # ----------------------------------------------------------------------------- anatomy
@@ -396,7 +388,7 @@ def site_patients(config: MammographyConfig, site_index: int) -> list[MGPatient]
     vendor = config.sites[site_index]
     rng = np.random.default_rng([config.seed, 1, site_index])
     n_patients = (config.images_per_site + 1) // 2
-    labels = _allocate(vendor.prevalence, n_patients, rng)
+    labels = allocate_labels(vendor.prevalence, n_patients, rng)
     return [_draw_patient(np.random.default_rng([config.seed, 1, site_index, p]), f"{COHORT}/{vendor.name}/p{p + 1:04d}",
                           label, vendor, config.mass_fraction) for p, label in enumerate(labels)]
 
