@@ -16,6 +16,9 @@ EXTRAS = {
     "torch_geometric": "graph",
     "captum": "explain",
     "mlflow": "tracking",
+    "onnx": "export",
+    "onnxruntime": "export",
+    "onnxscript": "export",
 }
 
 

@@ -1,4 +1,4 @@
-"""The runners' commands: `senolab train`, `evaluate`, `study`, `stress`, `run`, `predict` and `fusion ablate`.
+"""The runners' commands: `senolab train`, `evaluate`, `study`, `stress`, `run`, `predict`, `export` and `fusion ablate`.
 
 Each handler imports its runner only when called, so `senolab --help` stays light."""
 from __future__ import annotations
@@ -52,18 +52,43 @@ def register(subparsers) -> None:
 
     predict = subparsers.add_parser(
         "predict", help="apply a trained model to new images (no labels needed)",
-        description="Predict every image of INPUT (a file, or a folder searched recursively) with MODEL (a "
-                    "training run or study unit folder, a model/ folder, or an MLflow URI such as runs:/<id>/model). "
-                    "Writes predictions.csv, masks/, overlays/ and summary.json to --out.")
-    predict.add_argument("model", help="run folder, model folder or MLflow model URI")
-    predict.add_argument("input", type=Path, help="an image or a folder of images (PNG, JPEG, PGM, TIFF, BMP)")
+        description="Predict every image of INPUT (a file, a folder searched recursively, or a case manifest folder "
+                    "whose metadata columns a fusing model reads) with MODEL (a training run or study unit folder, a "
+                    "model/ folder, or an MLflow URI such as runs:/<id>/model; with --backend onnxruntime, a folder "
+                    "written by `senolab export` or its .onnx file). Writes predictions.csv, masks/, overlays/, "
+                    "summary.json and, with --explain, explanations/ to --out.")
+    predict.add_argument("model", help="run folder, model folder or MLflow model URI (or an ONNX export)")
+    predict.add_argument("input", type=Path,
+                         help="an image, a folder of images (PNG, JPEG, PGM, TIFF, BMP, DICOM .dcm/.dicom) "
+                              "or a case manifest folder (manifest.csv/json + manifest.yaml)")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--threshold", default="0.5", metavar="RULE|P",
                          help="malignancy probability from which a case is called malignant: a number, or youden, "
                               "sens90 or spec90 for the threshold chosen on source validation and stored with the "
                               "model (default: %(default)s)")
+    predict.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                         help="torch: the packaged PyTorch model (BatchNorm folded); onnxruntime: the model "
+                              "written by `senolab export` (default: %(default)s)")
+    predict.add_argument("--explain", nargs="?", const="gradcam", default=None, metavar="METHODS",
+                         help="also write Captum attribution maps per image, for these comma-separated methods "
+                              "(integrated_gradients, gradcam, occlusion, saliency; default when given alone: "
+                              "%(const)s); torch backend only")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=run_predict)
+
+    export = subparsers.add_parser(
+        "export", help="export a trained model to ONNX (optionally int8), with a parity check",
+        description="Export RUN's model (as `senolab predict` takes MODEL) to ONNX with a dynamic batch size and its "
+                    "preprocessing.json beside it, then check it against the PyTorch model on held-out cases "
+                    "(largest output difference, AUC and Dice; parity.json). Image-only models. Exits 1 when the "
+                    "check fails.")
+    export.add_argument("run", metavar="RUN", help="training run or study unit folder, model folder or MLflow URI")
+    export.add_argument("--format", dest="fmt", default="onnx", choices=["onnx"], help="(default: %(default)s)")
+    export.add_argument("--int8", action="store_true",
+                        help="also write model.int8.onnx: static quantisation calibrated on training images only")
+    export.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/onnx)")
+    export.add_argument("--quiet", action="store_true", help="no progress bars")
+    export.set_defaults(func=run_export)
 
     stress = subparsers.add_parser(
         "stress", help="graded stress test: AUC and Dice under ultrasound corruptions at five severities",
@@ -124,9 +149,14 @@ def _run_summary(report: dict, out: Path) -> str:
 def run_predict(args: argparse.Namespace) -> int:
     from senolab.runners.predict import predict_images
 
-    threshold = _threshold(args.model, args.threshold)
-    summary = predict_images(args.model, args.input, args.out, threshold=threshold, progress=not args.quiet)
-    print(f"{summary['predicted']} of {summary['found']} images predicted; written to {args.out.resolve()}")
+    explain = [m.strip() for m in args.explain.split(",") if m.strip()] if args.explain else []
+    summary = predict_images(args.model, args.input, args.out, threshold=args.threshold, progress=not args.quiet,
+                             backend=args.backend, explain=explain)
+    print(f"{summary['predicted']} of {summary['found']} images predicted ({args.backend}, threshold "
+          f"{summary['threshold']:.3f}: {summary['threshold_rule']}); written to {args.out.resolve()}")
+    ignored = summary["metadata"]["ignored"]
+    if ignored:
+        print(f"  metadata columns the model does not use, ignored: {', '.join(ignored)}")
     by_reason: dict[str, list[str]] = {}
     for item in summary["skipped"]:
         by_reason.setdefault(item["reason"], []).append(item["file"])
@@ -135,14 +165,16 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _threshold(model: str, value: str) -> float:
-    """--threshold: a probability, or the name of an operating point stored with the model."""
-    try:
-        return float(value)
-    except ValueError:
-        from senolab.runners.packaged import stored_threshold
+def run_export(args: argparse.Namespace) -> int:
+    from senolab.runners.export import export_run, parity_lines
 
-        return stored_threshold(model, value)
+    report = export_run(args.run, args.out, fmt=args.fmt, int8=args.int8, progress=not args.quiet)
+    print("\n".join(parity_lines(report)))
+    print(f"exported to {Path(report['folder']).resolve()} (parity.json)")
+    if not report["passed"]:
+        print("error: the exported model does not match the PyTorch model (see parity.json)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_stress(args: argparse.Namespace) -> int:

@@ -37,6 +37,9 @@ from senolab.engine.config import ExperimentConfig
 from senolab.engine.data import PreparedData
 
 WEIGHTS, PREPROCESSING = "model.pt", "preprocessing.json"
+# What this version reads from preprocessing.json: a package without one of them was
+# written by an older senolab (before the modality was stored, say) and is refused.
+REQUIRED_STATE = ("classes", "sites", "image_size", "modality", "radiomics_columns")
 PROGRESS_BARS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 INPUT_SITE = "input"  # the site of images given to a packaged model (not one it trained on)
 
@@ -54,6 +57,23 @@ def preprocessing_state(data: PreparedData) -> dict:
                         for c in data.metadata.columns.values()],
             "opted_in": data.metadata.opted_in,
             "mean": data.metadata.mean_.tolist(), "scale": data.metadata.scale_.tolist()}
+    return state
+
+
+def read_state(path: str | Path) -> dict:
+    """A package's preprocessing.json, checked to hold what this version needs; an
+    unreadable or older one is one InputError naming the file and what it lacks."""
+    from senolab.errors import InputError
+
+    path = Path(path)
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot read the model's preprocessing ({type(err).__name__}: {err})") from None
+    missing = [key for key in REQUIRED_STATE if key not in state] if isinstance(state, dict) else list(REQUIRED_STATE)
+    if missing:
+        raise InputError(f"{path}: written by an incompatible senolab version (lacks {', '.join(missing)}); "
+                         "retrain the model, or export it again, with this version")
     return state
 
 
@@ -149,12 +169,17 @@ def stored_clinical(folder: str | Path) -> dict | None:
 def stored_threshold(model: str, rule: str) -> float:
     """The threshold of ``rule`` (youden, sens90, spec90) stored with ``model`` (a run
     folder, model folder or MLflow URI, as `senolab predict` takes it)."""
-    from senolab.errors import InputError
     from senolab.runners.predict import package_folder
 
     with tempfile.TemporaryDirectory(prefix="senolab-threshold-") as tmp:
-        clinical = stored_clinical(package_folder(model, Path(tmp))) or {}
-    thresholds = clinical.get("thresholds") or {}
+        return threshold_in(read_state(package_folder(model, Path(tmp)) / "artifacts" / PREPROCESSING), rule)
+
+
+def threshold_in(state: dict, rule: str) -> float:
+    """The threshold of ``rule`` in a package's preprocessing state (one-line error if absent)."""
+    from senolab.errors import InputError
+
+    thresholds = (state.get("clinical") or {}).get("thresholds") or {}
     if rule not in thresholds:
         known = ", ".join(sorted(thresholds)) or "none stored with this model (trained before they were)"
         raise InputError(f"--threshold {rule}: not a number nor a stored operating point; stored: {known}")
@@ -192,10 +217,11 @@ class PackagedModel(PythonModel):
     """The pyfunc face of a packaged senolab model (module docstring)."""
 
     def load_context(self, context) -> None:
-        self.state = json.loads(Path(context.artifacts["preprocessing"]).read_text())
+        self.state = read_state(context.artifacts["preprocessing"])
         checkpoint = load_checkpoint(context.artifacts["weights"])
         self.config = ExperimentConfig.model_validate(checkpoint["config"])
         self.weights = checkpoint["model"]
+        self._models: dict[bool, torch.nn.Module] = {}
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from senolab.errors import InputError
@@ -208,18 +234,40 @@ class PackagedModel(PythonModel):
 
     def predict_images(self, images: list[np.ndarray], metadata: pd.DataFrame) -> pd.DataFrame:
         """One output row per decoded grayscale image; ``metadata`` (one row per image) may
-        carry the fields the model fuses, by name."""
-        from senolab.engine.trainer import model_from_config
+        carry the fields the model fuses, by name, and ``modality``, ``laterality``, ``view``
+        and ``pixel_spacing_mm`` where known (a mammogram is cropped and turned by them)."""
+        from senolab.models.inference import run
 
-        data = restored_data(self.state, _input_cohort(images, metadata, self.state))
-        model = model_from_config(self.config, data)
-        model.load_state_dict(self.weights)
-        model.eval()
+        data = restored_data(self.state, input_cohort(images, metadata, self.state))
+        model = self.torch_model(data, folded=True)
         rows = []
-        with torch.no_grad():
-            for batch in data.loader("test", self.config.train.batch_size):
-                rows += _output_rows(model(batch), data.classes)
+        for batch in data.loader("test", self.config.train.batch_size):
+            rows += _output_rows(run(model, batch), data.classes)
         return pd.DataFrame(rows)
+
+    def torch_model(self, data: PreparedData, folded: bool = True) -> torch.nn.Module:
+        """The model in eval mode; ``folded``: BatchNorm folded into its convolutions
+        (:mod:`senolab.models.inference`), for predicting; unfolded for attributions. Built
+        once: every input cohort is prepared to the same sizes."""
+        from senolab.engine.trainer import model_from_config
+        from senolab.models.inference import inference_model
+
+        if folded not in self._models:
+            model = model_from_config(self.config, data)
+            model.load_state_dict(self.weights)
+            self._models[folded] = inference_model(model) if folded else model.eval()
+        return self._models[folded]
+
+    def attributions(self, images: list[np.ndarray], metadata: pd.DataFrame, method: str) -> np.ndarray:
+        """Captum attributions (``senolab.explain`` method ``method``) of each image's
+        predicted class, (N, size, size) at the model's input, as the main job explains units."""
+        from senolab.explain import attribute_image
+
+        data = restored_data(self.state, input_cohort(images, metadata, self.state))
+        model = self.torch_model(data, folded=False)
+        maps = [attribute_image(model, batch, method).sum(1).numpy()
+                for batch in data.loader("test", self.config.train.batch_size)]
+        return np.concatenate(maps)
 
 
 def _output_rows(out: dict, classes: tuple[str, ...]) -> list[dict]:
@@ -241,25 +289,46 @@ def _output_rows(out: dict, classes: tuple[str, ...]) -> list[dict]:
     return rows
 
 
-def _input_cohort(images: list[np.ndarray], frame: pd.DataFrame, state: dict):
-    """The images as an in-memory cohort, with the declared metadata of ``frame`` typed."""
+# Per-image facts a caller may give beside the metadata: the preparation (a mammogram's crop
+# and turn) reads them, and spacing travels with the image.
+IMAGE_FACTS = ("modality", "laterality", "view", "pixel_spacing_mm")
+
+
+def input_cohort(images: list[np.ndarray], frame: pd.DataFrame, state: dict):
+    """The images as an in-memory cohort, with the declared metadata of ``frame`` typed.
+
+    A row's ``modality`` (when it is one senolab prepares) decides its preparation, else
+    the model's own; ``laterality`` and ``view`` are kept for the mammography preparer
+    even where the model does not fuse them."""
+    from senolab.cohorts.prepare import PREPARERS
     from senolab.cohorts.schema import Cohort
 
     declared = declared_columns(state.get("metadata") or {"columns": []})
+    frame = frame.reset_index(drop=True)
+    facts = {name: (frame[name] if name in frame.columns else pd.Series([None] * len(images)))
+             for name in IMAGE_FACTS}
     rows, arrays = [], {}
     for i, image in enumerate(images):
         case_id = f"{INPUT_SITE}/{i}"
         arrays[case_id] = (image, [])
+        modality = facts["modality"][i]
+        spacing = pd.to_numeric(pd.Series([facts["pixel_spacing_mm"][i]]), errors="coerce").iloc[0]
         rows.append({"case_id": case_id, "patient_id": case_id, "cohort": INPUT_SITE, "site": INPUT_SITE,
-                     "scanner": "unknown", "modality": state.get("modality", "US"), "image_path": None,
-                     "mask_paths": [], "other_mask_paths": [],
-                     "label": "normal", "pixel_spacing_mm": float("nan"), "width": image.shape[1],
-                     "height": image.shape[0], "mask_kind": "outline", "lesion_bboxes": []})
+                     "scanner": "unknown", "modality": modality if modality in PREPARERS else state["modality"],
+                     "image_path": None, "mask_paths": [], "other_mask_paths": [],
+                     "label": "normal", "pixel_spacing_mm": float(spacing), "width": image.shape[1],
+                     "height": image.shape[0], "mask_kind": "outline", "lesion_bboxes": [],
+                     **{name: _text_or_none(facts[name][i]) for name in ("laterality", "view")
+                        if name not in declared}})
     table = pd.DataFrame(rows)
     for name, column in declared.items():
-        values = frame[name].reset_index(drop=True) if name in frame.columns else pd.Series([None] * len(images))
+        values = frame[name] if name in frame.columns else pd.Series([None] * len(images))
         table[name] = _typed(values, column)
     return Cohort(INPUT_SITE, table, declared, {}, [], None, arrays).validate()
+
+
+def _text_or_none(value):
+    return value if isinstance(value, str) and value else None
 
 
 def _decoded(value, row: int) -> np.ndarray:
@@ -292,6 +361,13 @@ def _typed(values: pd.Series, column) -> pd.Series:
 
     if column.kind is Kind.NUMERIC:
         return pd.to_numeric(values, errors="coerce").astype(float)
-    if column.kind is Kind.MULTI:
-        return values.map(lambda v: sorted(str(v).split("|")) if isinstance(v, str) and v else None)
-    return values.map(lambda v: v if isinstance(v, str) and v in column.levels else None)
+    if column.kind is Kind.MULTI:  # '|'-separated text (a served request) or a list (a manifest)
+        return values.map(lambda v: sorted(str(v).split("|")) if isinstance(v, str) and v
+                          else sorted(str(x) for x in v) if isinstance(v, (list, tuple, np.ndarray)) and len(v)
+                          else None).map(lambda v: [x for x in v if x in column.levels] or None if v else None)
+    return values.map(lambda v: str(v) if _is_level(v, column.levels) else None)
+
+
+def _is_level(value, levels) -> bool:
+    """A categorical or ordinal value the model knows (a manifest may hold 3 for "3")."""
+    return value is not None and not (isinstance(value, float) and np.isnan(value)) and str(value) in levels
