@@ -12,10 +12,10 @@ import pytest
 
 import senolab
 
-HEAVY = ("torch", "pandas", "scipy", "mlflow")
+HEAVY = ("torch", "pandas", "scipy", "mlflow", "onnx", "onnxruntime", "onnxscript")
 
 COMMANDS = [[], ["cohorts", "describe"], ["radiomics", "extract"], ["radiomics", "describe"], ["train"],
-            ["evaluate"], ["predict"], ["study"], ["stress"], ["run"], ["fusion", "ablate"],
+            ["evaluate"], ["predict"], ["export"], ["study"], ["stress"], ["run"], ["fusion", "ablate"],
             ["sync"]]
 
 # each package with an __init__ of its own -> {registry: (the module that defines it, every entry it lists once that module is imported)}
