@@ -133,7 +133,7 @@ def predict_images(model: str, source: str | Path, out: str | Path, threshold: f
         predictor = BACKENDS.get(backend)(model, Path(tmp))
         state = predictor.state
         chosen = resolve_threshold(state, threshold)
-        known = [c["name"] for c in (state.get("metadata") or {}).get("columns", [])]
+        known = model_inputs(state)
         rows, skipped = [], list(inputs.skipped)
         for start in tqdm(range(0, len(inputs.cases), CHUNK), desc="predict", unit="batch", disable=not progress):
             decoded, unusable = _decoded(inputs.cases[start:start + CHUNK], state["image_size"])
@@ -170,6 +170,12 @@ def resolve_threshold(state: dict, value: float | str) -> Threshold:
     if not 0.0 <= number <= 1.0:
         raise InputError(f"--threshold {value}: a probability must lie in [0, 1]")
     return Threshold(FIXED, number)
+
+
+def model_inputs(state: dict) -> list[str]:
+    """The metadata columns the model reads: its declared ones less outcomes not opted in."""
+    metadata = state.get("metadata") or {"columns": [], "opted_in": []}
+    return [c["name"] for c in metadata["columns"] if not c["outcome"] or c["name"] in metadata.get("opted_in", [])]
 
 
 def _check_explainers(methods, backend: str) -> None:
@@ -211,15 +217,23 @@ def read_inputs(source: Path, progress: bool = True) -> Inputs:
 
 
 def find_images(source: Path) -> tuple[list[Path], list[dict]]:
-    """The images to predict, and the files passed over with a reason."""
+    """The images to predict, and the files passed over with a reason (mask files, and
+    files of a format senolab does not read: listed, never silently left out)."""
+    from senolab.cohorts.dicom import is_dicom
+
     found = describe_path(source)
     if found == "a file":
+        if not _readable_format(source, is_dicom):
+            raise InputError(f"{source}: unsupported image format (reads {', '.join(IMAGE_SUFFIXES)})")
         return [source], []
     if found != "a folder":
         raise InputError(f"{source}: expected an image, a folder of images or a case manifest folder, found {found}")
     images, skipped = [], []
-    for path in sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        if "_mask" in path.stem:
+    for path in sorted(p for p in source.rglob("*") if not p.is_dir() and not p.name.startswith(".")):
+        if not _readable_format(path, is_dicom):
+            skipped.append({"file": str(path), "reason": f"unsupported format ({path.suffix or 'no suffix'}; "
+                                                         f"reads {', '.join(IMAGE_SUFFIXES)})"})
+        elif "_mask" in path.stem:
             skipped.append({"file": str(path), "reason": "a mask file (its name contains '_mask')"})
         elif not path.is_file():
             skipped.append({"file": str(path), "reason": f"{describe_path(path)}, not an image file"})
@@ -228,6 +242,11 @@ def find_images(source: Path) -> tuple[list[Path], list[dict]]:
     if not images:
         raise InputError(f"{source}: no image found (looked for {', '.join(IMAGE_SUFFIXES)})")
     return images, skipped
+
+
+def _readable_format(path: Path, is_dicom) -> bool:
+    """Named like an image senolab reads, or a DICOM file without the suffix (its DICM marker)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES or (path.is_file() and is_dicom(path))
 
 
 def _manifest_inputs(folder: Path, progress: bool) -> Inputs:
