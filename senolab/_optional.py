@@ -19,6 +19,9 @@ EXTRAS = {
     "onnx": "export",
     "onnxruntime": "export",
     "onnxscript": "export",
+    "timm": "timm",
+    "safetensors": "timm",
+    "lightly": "ssl",
 }
 
 

@@ -44,8 +44,8 @@ class Registry(Generic[T]):
     def _unknown(self, name: str) -> str:
         return f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or 'none'}"
 
-    def build(self, name: str, *args, **kwargs):
-        """Look ``name`` up and call it with the given arguments."""
+    def build(self, name: str, /, *args, **kwargs):
+        """Look ``name`` up and call it with the given arguments (which may include a ``name``)."""
         return self.get(name)(*args, **kwargs)
 
     def names(self) -> list[str]:

@@ -16,7 +16,7 @@ HEAVY = ("torch", "pandas", "scipy", "mlflow", "onnx", "onnxruntime", "onnxscrip
 
 COMMANDS = [[], ["cohorts", "describe"], ["radiomics", "extract"], ["radiomics", "describe"], ["train"],
             ["evaluate"], ["predict"], ["export"], ["study"], ["stress"], ["run"], ["fusion", "ablate"],
-            ["sync"]]
+            ["sync"], ["pretrain"]]
 
 # each package with an __init__ of its own -> {registry: (the module that defines it, every entry it lists once that module is imported)}
 REGISTRIES = {
@@ -34,9 +34,10 @@ REGISTRIES = {
                 "READOUTS": ("senolab.explain.forward", ["classification", "segmentation"])},
     "fusion": {"FUSIONS": ("senolab.fusion.base", [
         "concat", "cross_attention", "decision", "graph", "image_only", "tabular_only"])},
-    "models": {"ENCODERS": ("senolab.models.encoders", ["hybrid", "unet", "vit"]),
+    "models": {"ENCODERS": ("senolab.models.encoders", ["hybrid", "timm", "unet", "vit"]),
                "HEADS": ("senolab.models.heads", ["box", "cls", "seg"]),
                "BALANCERS": ("senolab.models.balancers", ["dwa", "fixed", "gradnorm", "uncertainty"])},
+    "pretrain": {"SSL_METHODS": ("senolab.pretrain.methods", ["byol", "mae", "simclr"])},
     "radiomics": {"HYGIENE": ("senolab.radiomics.hygiene", [
         "combat", "drop_constant", "drop_correlated", "drop_incomplete", "standardise"])},
     "tracking": {},

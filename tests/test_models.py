@@ -51,7 +51,7 @@ def make_batch(batch_size: int = 2, size: int = SIZE, seed: int = 0) -> dict:
 
 
 def test_registries_list_every_component():
-    assert ENCODERS.names() == ["hybrid", "unet", "vit"]
+    assert ENCODERS.names() == ["hybrid", "timm", "unet", "vit"]  # timm: tests/test_timm_encoders.py
     assert HEADS.names() == ["box", "cls", "seg"]
 
 

@@ -7,7 +7,9 @@ One module, one YAML shape. Every config file says what it is with a top-level `
 - ``study``: a cross-institution study (``senolab study``): an experiment as ``base``, the
   protocol, the adaptation methods, seeds and model-selection rule;
 - ``ablation``: an experiment with an ``ablation`` section (``senolab fusion ablate``);
-- ``run``: the main job (``senolab run``): a study plus radiomics, explanations, tracking.
+- ``run``: the main job (``senolab run``): a study plus radiomics, explanations, tracking;
+- ``pretrain``: self-supervised pretraining of an encoder on unlabelled images
+  (``senolab pretrain``): which cohorts, which encoder, which method.
 
 :func:`load_config` is the one place YAML is read: a file of another kind is refused with
 one line naming the file, the kind found and the kind expected. Shorthands (``methods:
@@ -172,6 +174,16 @@ class TrainConfig(Strict):
     seed: int = 0
     num_workers: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Fine-tuning a pretrained encoder. Its backbone is every encoder parameter outside its
+    # decoder; the decoder, heads and fusion are new and train at `lr` throughout.
+    freeze_encoder_epochs: int = Field(0, ge=0)  # the backbone gets no gradient in the first N epochs
+    encoder_lr_scale: float = Field(1.0, gt=0)  # the backbone's learning rate is lr * encoder_lr_scale
+    layer_decay: float | None = Field(None, gt=0, le=1)  # timm encoders: each layer's LR times decay ** depth-from-top
+
+    @property
+    def fine_tuning(self) -> bool:
+        """Whether the backbone trains otherwise than the heads (its own parameter groups)."""
+        return self.freeze_encoder_epochs > 0 or self.encoder_lr_scale != 1.0 or self.layer_decay is not None
 
 
 class EvaluationConfig(Strict):
@@ -198,6 +210,114 @@ class ExperimentConfig(Strict):
             raise ValueError(f"loss.class_weights has {len(weights)} entries but data.classes "
                              f"{self.data.classes!r} has {n} classes")
         return self
+
+    @model_validator(mode="after")
+    def _layer_decay_needs_layers(self):
+        if self.train.layer_decay is not None and self.model.encoder != "timm":
+            raise ValueError(f"train.layer_decay needs a timm encoder (timm groups its layers); "
+                             f"model.encoder is {self.model.encoder!r}")
+        return self
+
+
+# ------------------------------------------------------------------------- self-supervised pretraining
+
+
+class PretrainModel(Strict):
+    """The encoder to pretrain (its weights are what `senolab pretrain` writes)."""
+
+    encoder: Annotated[str, registered_in("senolab.models.encoders", "ENCODERS")] = "timm"
+    encoder_options: dict[str, Any] = {"name": "resnet18"}
+
+
+class PretrainOptions(Strict):
+    """How to pretrain: the method (``senolab.pretrain.SSL_METHODS``) and its schedule.
+
+    ``monitor_every``: epochs between k-NN accuracy checks of the embedding on the labelled
+    validation part (which the pretraining itself never reads); the last epoch is always
+    checked. ``crop_scale``: the area range of the random resized crops of each view."""
+
+    method: Annotated[str, registered_in("senolab.pretrain.methods", "SSL_METHODS")] = "simclr"
+    method_options: dict[str, Any] = {}
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    time_budget_s: float | None = Field(None, gt=0)  # seconds of pretraining; the last epoch ends it
+    crop_scale: tuple[float, float] = (0.4, 1.0)
+    monitor_every: int = Field(5, ge=1)
+    knn_k: int = Field(10, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale_is_a_range(cls, scale):
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1; got {scale}")
+        return scale
+
+
+def check_method_fits(method: str, encoder: str, encoder_options: dict) -> None:
+    """A ValueError (one line) when the SSL ``method`` cannot pretrain this encoder (MAE
+    masks a ViT's patch tokens, so it needs a timm ViT)."""
+    from senolab.pretrain.methods import SSL_METHODS
+
+    SSL_METHODS.get(method).check_encoder(encoder, encoder_options)
+
+
+class PretrainConfig(Strict):
+    """``senolab pretrain``: an encoder pretrained on the unlabelled images of ``data``.
+
+    The data config and its split are an experiment's: pretraining reads the images of the
+    ``train`` part only (``pool: train+test`` adds the test part's images, which makes a
+    later evaluation on that test part transductive), and the k-NN monitor reads the
+    ``val`` part with its labels. A later `senolab train` with the same ``data:`` section
+    therefore never evaluates on an image the encoder was pretrained on (unless
+    ``train+test``)."""
+
+    kind: Literal["pretrain"] = "pretrain"
+    name: str = "pretrain"
+    data: DataConfig = DataConfig()
+    model: PretrainModel = PretrainModel()
+    pretrain: PretrainOptions = PretrainOptions()
+    pool: Literal["train", "train+test"] = "train"
+
+    @model_validator(mode="after")
+    def _method_fits_the_encoder(self):
+        check_method_fits(self.pretrain.method, self.model.encoder, self.model.encoder_options)
+        return self
+
+
+class StudyPretrain(PretrainOptions):
+    """A study's ``pretrain:`` step: one pretraining of the study's encoder per (target,
+    seed), before the methods, reused by all of them.
+
+    ``on: sources`` pools the source sites' training images; ``sources+target`` adds the
+    unlabelled target images, which makes every result of the study transductive (and says
+    so). ``config``: a pretrain config file whose ``pretrain:`` section is used instead of
+    the inline options (its data and model sections are the study's own)."""
+
+    on: Literal["sources", "sources+target"] = "sources"
+    config: str | None = None
+
+    @model_validator(mode="after")
+    def _config_or_inline(self):
+        inline = sorted(self.model_fields_set - {"on", "config"})
+        if self.config is not None and inline:
+            raise ValueError(f"give either config: (a pretrain config file) or inline options, not both "
+                             f"(inline: {inline})")
+        return self
+
+    def options(self) -> PretrainOptions:
+        """The pretraining options: the named config file's, or the inline ones."""
+        if self.config is None:
+            return PretrainOptions(**{k: getattr(self, k) for k in PretrainOptions.model_fields})
+        return load_config(self.config, kind="pretrain").pretrain
+
+    @property
+    def transductive(self) -> bool:
+        return self.on == "sources+target"
 
 
 # ------------------------------------------------------------------------- study
@@ -239,6 +359,7 @@ class StudyConfig(Strict):
     selection: Literal["source_val", "target_entropy", "oracle"] = "source_val"
     source_test_fraction: float = Field(0.2, gt=0, lt=1)
     embedding_figure: bool = True
+    pretrain: StudyPretrain | None = None  # self-supervised pretraining of the encoder before the methods
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -253,6 +374,13 @@ class StudyConfig(Strict):
         unknown = [m.name for m in self.methods if m.name not in METHODS]
         if unknown:
             raise ValueError(f"methods: unknown {unknown}; known: {METHODS.names()}")
+        return self
+
+    @model_validator(mode="after")
+    def _pretrain_fits_the_encoder(self):
+        if self.pretrain is not None:
+            check_method_fits(self.pretrain.options().method, self.base.model.encoder,
+                              self.base.model.encoder_options)
         return self
 
     @model_validator(mode="after")
@@ -456,9 +584,9 @@ def validate(model: type[BaseModel], raw: dict, source: str):
 
 
 KINDS: dict[str, type[BaseModel]] = {"experiment": ExperimentConfig, "study": StudyConfig,
-                                     "ablation": AblationConfig, "run": RunConfig}
+                                     "ablation": AblationConfig, "run": RunConfig, "pretrain": PretrainConfig}
 COMMANDS = {"experiment": "senolab train", "study": "senolab study", "ablation": "senolab fusion ablate",
-            "run": "senolab run"}
+            "run": "senolab run", "pretrain": "senolab pretrain"}
 
 
 def load_config(path: str | Path, overrides: dict | None = None, *, kind: str = "experiment"):

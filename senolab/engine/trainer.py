@@ -1,7 +1,8 @@
 """The training loop: plain PyTorch, every step visible.
 
 AdamW with linear warm-up then cosine decay (over the epochs, or over the time budget when
-that runs out first), gradient clipping, early stopping on a
+that runs out first), for a pretrained encoder optionally frozen for some epochs and at a
+lower (layer-wise decayed) learning rate than the heads, gradient clipping, early stopping on a
 validation score, a checkpoint every epoch that stores the config and resumes exactly,
 per-task loss weights logged every epoch (``history.csv`` in the run folder, rewritten
 after each epoch, so a run in progress can be watched), and a progress bar with loss and metrics.
@@ -83,6 +84,39 @@ def warmup_cosine(step: int, progress: float, warmup_steps: int, total_steps: in
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, (progress - warmup) / max(1e-9, 1.0 - warmup)))))
 
 
+def backbone_parameters(model: MultiTaskModel) -> list[nn.Parameter]:
+    """The encoder's parameters outside its decoder: what a pretrained encoder brings (every
+    registered encoder names its segmentation decoder ``decoder``)."""
+    return [p for name, p in model.encoder.named_parameters() if not name.startswith("decoder.")]
+
+
+def parameter_groups(model: MultiTaskModel, others: Sequence[nn.Module], train) -> list[dict]:
+    """AdamW's parameter groups, each with an ``lr_scale`` on the scheduled learning rate.
+
+    Without fine-tuning options, one group of everything (as it always was). Otherwise the
+    heads, decoder, fusion, method and balancer first, at ``lr``; then the backbone at
+    ``lr * encoder_lr_scale``, split by the encoder's layers when ``layer_decay`` is set
+    (timm's grouping: deeper layers keep more of the rate). Group 0 is always at ``lr``.
+    """
+    everything = [*model.parameters(), *(p for module in others for p in module.parameters())]
+    if not train.fine_tuning:
+        return [{"params": everything, "lr_scale": 1.0}]
+    backbone = {id(p) for p in backbone_parameters(model)}
+    groups = [{"params": [p for p in everything if id(p) not in backbone], "lr_scale": 1.0}]
+    if train.layer_decay is not None:
+        layered = model.encoder.layer_decay_groups(train.weight_decay, train.layer_decay)
+        groups += [{**group, "lr_scale": group["lr_scale"] * train.encoder_lr_scale} for group in layered]
+    else:
+        groups.append({"params": backbone_parameters(model), "lr_scale": train.encoder_lr_scale})
+    return groups
+
+
+def freeze_backbone(model: MultiTaskModel, frozen: bool) -> None:
+    """No gradient for the backbone while ``frozen`` (AdamW then leaves it as it is)."""
+    for parameter in backbone_parameters(model):
+        parameter.requires_grad_(not frozen)
+
+
 @dataclass
 class TrainResult:
     model: nn.Module
@@ -121,8 +155,8 @@ class Trainer:
                                              num_workers=config.train.num_workers)
         self.method.prepare(self.model, self.train_loader, self.target_loader)
         self.method.to(self.device)
-        params = [*self.model.parameters(), *self.method.parameters(), *self.balancer.parameters()]
-        self.optimizer = torch.optim.AdamW(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, [self.method, self.balancer], config.train),
+                                           lr=config.train.lr, weight_decay=config.train.weight_decay)
         steps_per_epoch = max(1, len(self.train_loader))
         self.total_steps = steps_per_epoch * config.train.epochs
         self.warmup_steps = int(config.train.warmup_epochs * steps_per_epoch)
@@ -143,6 +177,7 @@ class Trainer:
                 break
             began = time.perf_counter()
             self._seed_epoch(epoch)
+            freeze_backbone(self.model, epoch < cfg.freeze_encoder_epochs)
             train_losses, step = self._train_epoch(epoch, step, elapsed, progress)
             train_seconds = time.perf_counter() - began  # without validation: for training throughput
             metrics = self._validate()
@@ -223,7 +258,8 @@ class Trainer:
                 target = _to_device(target, self.device)
             position = self.progress(step, spent_before + time.perf_counter() - began)
             for group in self.optimizer.param_groups:
-                group["lr"] = self.config.train.lr * warmup_cosine(step, position, self.warmup_steps, self.total_steps)
+                group["lr"] = (self.config.train.lr * group.get("lr_scale", 1.0)
+                               * warmup_cosine(step, position, self.warmup_steps, self.total_steps))
             out = self.method(self.model, batch, target, round(position * self.total_steps), self.total_steps)
             task_losses = multitask_losses(out.source_out, batch, self.loss_config)
             total = self.balancer.combine(task_losses, self.model.shared_parameters())
@@ -231,7 +267,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             if self.config.train.grad_clip:
-                nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.config.train.grad_clip)
+                params = [p for group in self.optimizer.param_groups for p in group["params"]]
+                nn.utils.clip_grad_norm_(params, self.config.train.grad_clip)
             self.optimizer.step()
             step += 1
             logged = {"loss": total.item(), **{f"loss_{k}": v.item() for k, v in task_losses.items()},

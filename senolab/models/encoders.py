@@ -90,8 +90,11 @@ class Encoder(nn.Module):
             )
 
 
-def build_encoder(name: str = "unet", checkpoint: str | Path | None = None, **options) -> Encoder:
-    """Build the registered encoder ``name`` with ``options``; load ``checkpoint`` if given."""
+def build_encoder(name: str = "unet", /, checkpoint: str | Path | None = None, **options) -> Encoder:
+    """Build the registered encoder ``name`` with ``options``; load ``checkpoint`` if given.
+
+    ``name`` is positional-only: an encoder's own options may include a ``name`` (the
+    ``timm`` encoder's model name)."""
     encoder = ENCODERS.build(name, **options)
     if checkpoint is not None:
         load_encoder_checkpoint(encoder, checkpoint)

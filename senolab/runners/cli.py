@@ -1,4 +1,4 @@
-"""The runners' commands: `senolab train`, `evaluate`, `study`, `stress`, `run`, `predict`, `export` and `fusion ablate`.
+"""The runners' commands: `senolab train`, `evaluate`, `study`, `stress`, `run`, `predict`, `export`, `pretrain` and `fusion ablate`.
 
 Each handler imports its runner only when called, so `senolab --help` stays light."""
 from __future__ import annotations
@@ -106,6 +106,18 @@ def register(subparsers) -> None:
     stress.add_argument("--tracking-uri", default=None, metavar="URI", help=TRACKING_HELP)
     stress.add_argument("--quiet", action="store_true", help="no progress bars")
     stress.set_defaults(func=run_stress)
+
+    pretrain = subparsers.add_parser(
+        "pretrain", help="self-supervised pretraining of an encoder on unlabelled images (resumable)",
+        description="Pretrain an encoder (encoder: timm) with a self-supervised method (simclr, byol; mae for ViTs) "
+                    "on the images of the config's cohorts, never reading a label, mask or outcome; a k-NN monitor "
+                    "on the labelled validation part every few epochs. Writes encoder.safetensors (what "
+                    "encoder_options.pretrained: PATH loads), history.csv and pretrain.json to --out.")
+    pretrain.add_argument("config", type=Path, help="pretrain YAML (kind: pretrain)")
+    pretrain.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<config name>)")
+    pretrain.add_argument("--tracking-uri", default=None, metavar="URI", help=TRACKING_HELP)
+    pretrain.add_argument("--quiet", action="store_true", help="no progress bars")
+    pretrain.set_defaults(func=run_pretrain)
 
     fusion = subparsers.add_parser("fusion", help="multimodal fusion studies",
                                    description="Fusion of images with clinical metadata and radiomics.")
@@ -232,6 +244,20 @@ def _print_aggregates(summary: dict) -> None:
             )
             print(f"{method} @ {site}: {shown}")
     sys.stdout.flush()
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from senolab.engine.config import load_config
+    from senolab.runners.pretrain import WEIGHTS, pretrain_command
+
+    config = load_config(args.config, kind="pretrain")
+    out = args.out or Path("runs") / config.name
+    record = pretrain_command(config, out, progress=not args.quiet, tracking_uri=args.tracking_uri)
+    knn = f", k-NN accuracy {record['knn_acc']:.3f}" if record.get("knn_acc") is not None else ""
+    print(f"{record['method']} on {record['pooled_images']} images, {record['epochs_run']} epochs, "
+          f"{record['cpu_minutes']:.1f} CPU-minutes{knn}{'  (transductive: the test part was pooled)' if record['transductive'] else ''}")
+    print(f"encoder weights: {(out / WEIGHTS).resolve()}  (encoder_options.pretrained: PATH)")
+    return 0
 
 
 def run_ablate(args: argparse.Namespace) -> int:
