@@ -49,7 +49,7 @@ OUTPUTS = ("logits", "seg_logits", "bbox")  # the heads' outputs, in this order 
 FP32_TOLERANCE = {"max_abs_diff": 1e-3, "auc": 5e-4, "dice": 5e-4}
 # int8 changes numbers by design; it passes when AUC and Dice lose at most this much.
 INT8_TOLERANCE = {"auc": 0.02, "dice": 0.02}
-HELD_OUT_CASES = 256  # at most, drawn from the test part (seeded)
+HELD_OUT_CASES = 1000  # at most, drawn from the test part (seeded)
 CALIBRATION_CASES = 64  # training images that calibrate the int8 ranges
 
 
@@ -66,7 +66,7 @@ def export_run(run: str, out: str | Path | None = None, fmt: str = "onnx", int8:
     with tempfile.TemporaryDirectory(prefix="senolab-export-") as tmp:
         package = package_folder(str(run), Path(tmp))
         state = read_state(package / "artifacts" / PREPROCESSING)
-        config, weights = _checkpoint(package_weights(package))
+        config, weights = read_checkpoint(package_weights(package))
         if config.model.fusion is not None:
             raise InputError(f"{run}: this model fuses tabular inputs (fusion {config.model.fusion}); ONNX export "
                              "covers image-only models so far: export an image-only run")
@@ -98,7 +98,7 @@ def _out_folder(run: str, out: str | Path | None) -> Path:
     raise InputError(f"{run}: an MLflow URI has no folder to export into; give --out DIR")
 
 
-def _checkpoint(path: Path):
+def read_checkpoint(path: Path):
     from senolab.checkpoint import load_checkpoint
     from senolab.engine.config import ExperimentConfig
 
@@ -354,10 +354,21 @@ def parity(reference: nn.Module, candidate: "OnnxModel", data, batch_size: int =
         report["max_abs_diff"][name] = float((a - b).abs().max())
         if name == "seg_logits":
             report["mask_pixels_agree"] = float(((a > 0) == (b > 0)).float().mean())
-    for metric, values in (("auc", [_auc(t, data.classes) for t in tables]), ("dice", [_dice(t) for t in tables])):
-        if values[0] is not None:
-            report[metric] = {"torch": values[0], "onnx": values[1], "change": values[1] - values[0]}
+    report.update(_metric_changes(tables, data.classes))
+    sites = sorted(tables[0]["site"].unique())
+    if len(sites) > 1:  # each test cohort apart as well (BUS-BRA fold 1, the BUSI hold-out, ...)
+        report["sites"] = {site: {"n_cases": int((tables[0]["site"] == site).sum()),
+                                  **_metric_changes([t[t["site"] == site] for t in tables], data.classes)}
+                           for site in sites}
     return report
+
+
+def _metric_changes(tables: list[pd.DataFrame], classes) -> dict:
+    out = {}
+    for metric, values in (("auc", [_auc(t, classes) for t in tables]), ("dice", [_dice(t) for t in tables])):
+        if values[0] is not None:
+            out[metric] = {"torch": values[0], "onnx": values[1], "change": values[1] - values[0]}
+    return out
 
 
 def _checked(report: dict, tolerance: dict, path: Path) -> dict:

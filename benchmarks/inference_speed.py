@@ -1,0 +1,228 @@
+"""Inference speed and accuracy of a trained model: PyTorch as trained, PyTorch with
+BatchNorm folded, ONNX Runtime fp32 and ONNX Runtime int8.
+
+    python benchmarks/inference_speed.py [--run RUN] [--on ROOT ...] [--repeats 50]
+
+RUN is a `senolab train` run folder; without it a quick model is trained here on the
+built-in synthetic cohort (the default U-Net with its three heads at 128 px, a few epochs:
+the speed is the architecture's, the accuracy only needs a model that ranks cases). The
+model is exported as `senolab export RUN --int8` does (parity on the run's test part,
+int8 calibrated on its training part) into ``--work``; each ``--on`` cohort (a dataset
+folder) is predicted by all four as well.
+
+Measured per backend: milliseconds per image at batch 1 on one thread (median of
+``--repeats``) and images per second at batch 32 on two threads, each with the process's
+CPU time beside the wall time (``time.process_time``: every thread of the process, ONNX
+Runtime's pool included; its threads spin while waiting, which counts as CPU time), the
+model's size on disk, and the AUC and Dice changes of ONNX fp32 and int8 against PyTorch.
+The machine's 1-minute load average is printed at the start and the end: on a shared
+machine the wall times are only as good as the load was low. Goal of issue 18: at most
+8 ms per 128 px image with int8, losing at most 0.005 AUC and Dice.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from senolab.cohorts.readers import read_cohort
+from senolab.engine.config import load_config
+from senolab.models.inference import inference_model
+from senolab.runners.experiment import train_and_evaluate
+from senolab.runners.export import INT8_NAME, ONNX_NAME, OnnxModel, export_run, parity, read_checkpoint
+from senolab.runners.packaged import PREPROCESSING, input_cohort, read_state, restored_data
+
+GOAL_MS, GOAL_LOSS = 8.0, 0.005
+QUICK = {"kind": "experiment", "name": "inference_speed_synthetic",
+         "data": {"cohorts": ["synthetic"], "synthetic": {"n_sites": 2, "images_per_site": 80, "image_size": 160,
+                                                          "seed": 0},
+                  "image_size": 128, "classes": "binary",
+                  "split": {"kind": "holdout", "test_fraction": 0.25, "val_fraction": 0.15, "seed": 0}},
+         "model": {"encoder": "unet", "heads": {"classification": True, "segmentation": True, "bbox": True}},
+         "train": {"epochs": 4, "batch_size": 16, "lr": 0.002, "warmup_epochs": 1, "time_budget_s": 240, "seed": 0},
+         "evaluation": {"bootstrap": 100}}
+
+
+def median_times(fn, repeats: int, warmup: int = 5) -> tuple[float, float]:
+    """Median wall and process-CPU seconds of ``fn()``."""
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def torch_runner(model: torch.nn.Module, mode):
+    def run(images: np.ndarray):
+        with mode():
+            return model({"image": torch.from_numpy(images)})
+    return run
+
+
+def measure(runner_for_threads, size: int, repeats: int, batch: int, threads_batch: int) -> dict:
+    """Latency at batch 1 on one thread, throughput at ``batch`` on ``threads_batch`` threads."""
+    rng = np.random.default_rng(0)
+    one = rng.random((1, 1, size, size), dtype=np.float32)
+    many = rng.random((batch, 1, size, size), dtype=np.float32)
+    run = runner_for_threads(1)
+    wall1, cpu1 = median_times(lambda: run(one), repeats)
+    run = runner_for_threads(threads_batch)
+    wall32, cpu32 = median_times(lambda: run(many), max(5, repeats // 5), warmup=2)
+    return {"ms_per_image_batch1_1thread": 1000 * wall1, "cpu_ms_per_image_batch1_1thread": 1000 * cpu1,
+            f"images_per_s_batch{batch}_{threads_batch}threads": batch / wall32,
+            f"cpu_ms_per_image_batch{batch}_{threads_batch}threads": 1000 * cpu32 / batch}
+
+
+def with_torch_threads(model, mode):
+    def runner(threads: int):
+        torch.set_num_threads(threads)
+        return torch_runner(model, mode)
+    return runner
+
+
+def with_ort_threads(path: Path):
+    def runner(threads: int):
+        onnx = OnnxModel(path, threads=threads)
+        return onnx
+    return runner
+
+
+def quick_run(work: Path) -> Path:
+    """A model trained here on the synthetic cohort (module docstring)."""
+    run = work / "quick_run"
+    if (run / "done.json").is_file():
+        return run
+    config_path = work / "quick.yaml"
+    config_path.write_text(yaml.safe_dump(QUICK))
+    train_and_evaluate(load_config(config_path), run, progress=False)
+    return run
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def extra_parity(root: str, state: dict, reference, folder: Path) -> dict:
+    """fp32 and int8 ONNX against PyTorch on every case of the cohort at ``root``."""
+    data = restored_data(state, read_cohort(root, progress=False))
+    return {kind: parity(reference, OnnxModel(folder / name), data)
+            for kind, name in (("fp32", ONNX_NAME), ("int8", INT8_NAME))}
+
+
+def quality_lines(name: str, report: dict) -> list[str]:
+    lines = [f"{name} ({report['fp32']['n_cases']} cases):"]
+    for kind in ("fp32", "int8"):
+        part = report[kind]
+        cells = [f"{m.upper()} {part[m]['torch']:.4f} -> {part[m]['onnx']:.4f} ({part[m]['change']:+.4f})"
+                 for m in ("auc", "dice") if m in part]
+        diff = max(part["max_abs_diff"].values())
+        lines.append(f"  onnxruntime {kind}: {'; '.join(cells)}; largest |output diff| {diff:.2e}")
+        for site, metrics in part.get("sites", {}).items():
+            cells = [f"{m.upper()} {metrics[m]['torch']:.4f} -> {metrics[m]['onnx']:.4f} ({metrics[m]['change']:+.4f})"
+                     for m in ("auc", "dice") if m in metrics]
+            lines.append(f"      {site} ({metrics['n_cases']} cases): {'; '.join(cells)}")
+    return lines
+
+
+def main() -> None:
+    import onnxruntime
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, default=None, help="a `senolab train` run (default: a quick synthetic one)")
+    parser.add_argument("--on", nargs="*", default=[], metavar="ROOT", help="further test cohorts (dataset folders)")
+    parser.add_argument("--work", type=Path, default=Path("runs/inference_speed"), help="exports and results")
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2, help="threads for the batch throughput")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    run = args.run or quick_run(args.work)
+    folder = args.work / f"onnx_{run.name}"
+    load_start = os.getloadavg()[0]
+    report = export_run(str(run), folder, int8=True, progress=False)
+    state = read_state(folder / PREPROCESSING)
+    size = state["image_size"]
+    config, weights = read_checkpoint(run / "model" / "artifacts" / "model.pt")
+    from senolab.engine.trainer import model_from_config
+
+    probe = restored_data(state, input_cohort([np.zeros((size, size), np.uint8)], _empty_frame(), state))
+    plain = model_from_config(config, probe)
+    plain.load_state_dict(weights)
+    plain.eval()
+    folded = inference_model(plain)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(folded.state_dict(), Path(tmp) / "folded.pt")
+        folded_bytes = (Path(tmp) / "folded.pt").stat().st_size
+    backends = {
+        "pytorch fp32 (as trained, no_grad)": (with_torch_threads(plain, torch.no_grad),
+                                               (run / "model" / "artifacts" / "model.pt").stat().st_size),
+        "pytorch folded (inference_mode)": (with_torch_threads(folded, torch.inference_mode), folded_bytes),
+        "onnxruntime fp32": (with_ort_threads(folder / ONNX_NAME), (folder / ONNX_NAME).stat().st_size),
+        "onnxruntime int8": (with_ort_threads(folder / INT8_NAME), (folder / INT8_NAME).stat().st_size),
+    }
+    rows = {}
+    for name, (runner, size_bytes) in backends.items():
+        rows[name] = {"size_mb": size_bytes / 1e6, **measure(runner, size, args.repeats, args.batch, args.threads)}
+    extra = {root: extra_parity(root, state, folded, folder) for root in args.on}
+    load_end = os.getloadavg()[0]
+    torch.set_num_threads(args.threads)
+
+    params = sum(p.numel() for p in plain.parameters())
+    print(f"\nsenolab inference speed: {run} ({size} px, {params / 1e6:.2f} M parameters, "
+          f"{config.model.encoder} with heads {', '.join(k for k, v in config.model.heads.model_dump().items() if v)})")
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; "
+          f"load average {load_start:.2f} at start, {load_end:.2f} at end (1-minute)")
+    b = args.batch
+    print(f"\n{'backend':36} {'size MB':>8} {'ms/img b1 1thr':>15} {'CPU ms':>7} "
+          f"{f'img/s b{b} {args.threads}thr':>15} {'CPU ms/img':>10}")
+    for name, row in rows.items():
+        print(f"{name:36} {row['size_mb']:8.2f} {row['ms_per_image_batch1_1thread']:15.2f} "
+              f"{row['cpu_ms_per_image_batch1_1thread']:7.2f} {row[f'images_per_s_batch{b}_{args.threads}threads']:15.1f} "
+              f"{row[f'cpu_ms_per_image_batch{b}_{args.threads}threads']:10.2f}")
+    print()
+    for line in quality_lines(f"held out: {report['held_out']['source']}", report):
+        print(line)
+    for root, part in extra.items():
+        for line in quality_lines(root, part):
+            print(line)
+    int8 = rows["onnxruntime int8"]["ms_per_image_batch1_1thread"]
+    changes = [report["int8"][m]["change"] for m in ("auc", "dice") if m in report["int8"]]
+    print(f"\ngoal: int8 <= {GOAL_MS} ms/image: {int8:.2f} ms ({'met' if int8 <= GOAL_MS else 'NOT met'}); "
+          f"int8 AUC, Dice change within {GOAL_LOSS} on the held-out part: {', '.join(f'{v:+.4f}' for v in changes)} "
+          f"({'met' if all(abs(v) <= GOAL_LOSS for v in changes) else 'NOT met'})")
+    result = {"run": str(run), "image_size": size, "parameters": params, "cpu": cpu_name(), "cores": os.cpu_count(),
+              "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "load_start": load_start,
+              "load_end": load_end, "speed": rows, "parity": report, "extra_parity": extra}
+    (args.work / f"inference_speed_{run.name}.json").write_text(json.dumps(result, indent=1, default=str))
+    print(f"written: {args.work / f'inference_speed_{run.name}.json'}")
+
+
+def _empty_frame():
+    import pandas as pd
+
+    return pd.DataFrame(index=range(1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
