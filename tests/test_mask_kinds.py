@@ -83,3 +83,12 @@ def test_an_unknown_modality_or_mask_kind_is_refused_by_name(column, value):
     cohort.table.loc[0, column] = value
     with pytest.raises(CohortError, match=f"{column}.*{value}"):
         cohort.validate()
+
+
+def test_circle_cases_take_part_in_the_early_stopping_score_by_their_circle_overlap():
+    from senolab.engine.predict import validation_score
+
+    table = pd.DataFrame({"label": [0.0, 1.0], "label_name": ["benign", "malignant"], "score": [0.2, 0.8],
+                          "dice": [np.nan, np.nan], "dice_vs_circle": [0.4, 0.6]})
+    metrics = validation_score(table, ("cls", "seg"))
+    assert metrics["val_dice"] == pytest.approx(0.5) and metrics["val_score"] == pytest.approx(0.75)
