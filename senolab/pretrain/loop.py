@@ -73,7 +73,7 @@ class Pretrainer:
         torch.use_deterministic_algorithms(True, warn_only=True)
         backbone = build_encoder(encoder, decoder=False, **dict(encoder_options))
         self.method = _build_method(options.method, backbone, image_size, options.method_options).to(self.device)
-        self.views = UltrasoundViews(options.crop_scale)
+        self.views = UltrasoundViews(options.crop_scale, image_size)
         self.generator = torch.Generator()
         # drop_last: a last batch of one image has no negative and breaks BatchNorm
         self.loader = DataLoader(pool, batch_size=min(options.batch_size, len(pool)), shuffle=True, drop_last=True,

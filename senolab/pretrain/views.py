@@ -18,15 +18,19 @@ import torch
 from torch.nn import functional as F
 
 
-def ultrasound_transforms():
-    """torchio transforms for a 2D image held as a 1 x H x W x 1 volume."""
+def ultrasound_transforms(size: int = 128):
+    """torchio transforms for a 2D ``size`` x ``size`` image held as a 1 x H x W x 1 volume."""
     import torchio as tio
+
+    # elastic displacement in pixels, below half the control-point spacing (no folding)
+    displacement = max(1.0, size / 32)
 
     return tio.Compose([
         tio.RandomFlip(axes=(1,), flip_probability=0.5),
         tio.RandomAffine(scales=(0.85, 1.15, 0.85, 1.15, 1, 1), degrees=(0, 0, 0, 0, -15, 15),
                          translation=(-6, 6, -6, 6, 0, 0), p=0.8),
-        tio.RandomElasticDeformation(num_control_points=(7, 7, 5), max_displacement=(5, 5, 0), p=0.25),
+        tio.RandomElasticDeformation(num_control_points=(7, 7, 5), max_displacement=(displacement, displacement, 0),
+                                     p=0.25),
         tio.RandomGamma(log_gamma=(-0.4, 0.4), p=0.8),
         tio.RandomBiasField(coefficients=0.4, order=2, p=0.4),
         tio.RandomBlur(std=(0, 1.5, 0, 1.5, 0, 0), p=0.4),
@@ -51,9 +55,9 @@ def random_resized_crop(image: torch.Tensor, scale: tuple[float, float],
 class UltrasoundViews:
     """``views(images)``: one augmented view of each image of a (B, 1, H, W) batch in [0, 1]."""
 
-    def __init__(self, crop_scale: tuple[float, float] = (0.4, 1.0)):
+    def __init__(self, crop_scale: tuple[float, float] = (0.4, 1.0), size: int = 128):
         self.crop_scale = tuple(crop_scale)
-        self.transform = ultrasound_transforms()
+        self.transform = ultrasound_transforms(size)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return torch.stack([self._one(image) for image in images])

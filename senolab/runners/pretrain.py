@@ -44,8 +44,7 @@ def pretrain_command(config: PretrainConfig, out_dir: str | Path, progress: bool
     claim_folder(out, config.model_dump(), command="senolab pretrain")
     done = done_record(out)
     if done is not None:
-        if progress:
-            print(f"{out} is done already (done.json): nothing to do")
+        print(f"{out} is done already (done.json): nothing to do")
         return done
     data = prepare(config.data, progress=progress)
     run = RunDir.open_or_create(out, config.name, config.model_dump(), tracking_uri=tracking_uri,
@@ -121,3 +120,33 @@ def _last_value(history: list[dict], key: str):
 
 def _encoder_label(encoder: str, options: dict) -> str:
     return f"{encoder}:{options['name']}" if "name" in options else encoder
+
+
+# ----------------------------------------------------------------------------- a study's step
+
+STUDY_FOLDER = "pretrain"  # <study>/pretrain/<target>/seed<k>/
+
+
+def study_pretraining(config, data: PreparedData, target: str, seed: int, study_dir: Path, run: RunDir | None,
+                      progress: bool = True) -> Path:
+    """The study's pretraining for one (target, seed): the study's encoder pretrained on the
+    source sites' training images (``on: sources``) or those plus the unlabelled target
+    images (``sources+target``, transductive), the k-NN monitor on the source validation
+    part. Done once and kept in ``<study>/pretrain/<target>/seed<k>/``; every method of
+    that target and seed starts from it. Returns the weights file."""
+    step = config.pretrain
+    options = step.options().model_copy(update={"seed": seed})
+    folder = Path(study_dir) / STUDY_FOLDER / target / f"seed{seed}"
+    parts = ["train", "test"] if step.transductive else ["train"]
+    name = f"{target}/pretrain/seed{seed}"
+    tags = {"method": "pretrain", "target_site": target, "seed": str(seed), "pretrain": step.on,
+            "transductive": str(step.transductive).lower(), "ssl_method": options.method}
+    callbacks = [run.live(name, tags=tags)] if run is not None and not run.is_logged(name) else []
+    # starts from the weights the study's encoder starts from (random, or e.g. `pretrained: true`)
+    record = pretrain_encoder(config.base.model.encoder, dict(config.base.model.encoder_options), options, data, parts, folder,
+                              progress=progress, callbacks=callbacks)
+    if run is not None and not run.is_logged(name):
+        run.log_unit(name, metrics=record_metrics(record), tags=tags, folder=folder,
+                     files=[folder / WEIGHTS, folder / RECORD], history=folder / "history.csv",
+                     start_ms=callbacks[0].start_ms if callbacks else None)
+    return folder / WEIGHTS

@@ -28,6 +28,12 @@ TARGET LABELS and is therefore kept apart (``recalibration.csv``, ``recalibratio
 ``recalibration.png``; :mod:`senolab.evaluation.recalibration`): never in results.csv,
 never used to choose a method.
 
+With a ``pretrain:`` section, the study's encoder is first pretrained without labels
+(:mod:`senolab.runners.pretrain`), once per (target, seed), on the source sites' training
+images or on those plus the unlabelled target images; every method of that target and seed
+fine-tunes from it. Pretraining on the target's images is transductive: every result row
+and tag of such a study says so (``transductive``, and ``pretrain`` names the pool).
+
 Each run writes ``runs/<target>/<method>/seed<k>/``; a run with ``done.json`` is done
 and skipped when the study is started again, and a half-trained run resumes from its
 ``last.pt``, so a killed study continues where it stopped. ``study.yaml`` records the
@@ -113,6 +119,13 @@ class StudyUnit:
     seed: int
     folder: Path
     data: PreparedData
+    weights: Path | None = None  # the study's pretrained encoder for this target and seed
+    pretrain: str = "none"  # what it was pretrained on: none, sources, sources+target
+
+    @property
+    def transductive(self) -> bool:
+        """The method reads the target's images, or the encoder was pretrained on them."""
+        return METHODS.get(self.spec.name).transductive or self.pretrain == "sources+target"
 
     @property
     def name(self) -> str:
@@ -128,8 +141,8 @@ class StudyUnit:
         cohorts = ",".join(sorted(table.loc[table["site"] == self.pair.target, "cohort"].astype(str).unique()))
         return {"method": self.spec.label, "method_name": self.spec.name, "target_site": self.pair.target,
                 "cohort": cohorts,
-                "seed": str(self.seed), "transductive": str(METHODS.get(self.spec.name).transductive).lower(),
-                "source_sites": ",".join(self.pair.sources)}
+                "seed": str(self.seed), "transductive": str(self.transductive).lower(),
+                "pretrain": self.pretrain, "source_sites": ",".join(self.pair.sources)}
 
 
 def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, cohort=None, *,
@@ -151,11 +164,14 @@ def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, c
                                     data_fingerprint=table_fingerprint(cohort.table), command="study")
     pairs = study_pairs(config, sorted(cohort.table["site"].unique()))
     rows, cases, per_unit, clinical = [], [], {}, {}
+    pretrain = config.pretrain.on if config.pretrain is not None else "none"
     for pair in pairs:
         data = pair_data(config, cohort, pair)
+        weights = {seed: _pretrained(config, data, pair, seed, out, run, progress) for seed in config.seeds}
         for spec in config.methods:
             for seed in config.seeds:
-                unit = StudyUnit(pair, spec, seed, unit_folder(out, pair.target, spec.label, seed), data)
+                unit = StudyUnit(pair, spec, seed, unit_folder(out, pair.target, spec.label, seed), data,
+                                 weights[seed], pretrain)
                 erm = _erm_unit(config, unit)
                 if erm is not None:  # train (or find) ERM first: this method only adapts its model
                     _run_once(config, erm, progress, callbacks=[run.live(erm.name, tags=erm.tags())])
@@ -182,6 +198,16 @@ def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, c
     if own_run:
         run.finish(metrics=study_headline(results), files=files, echo=progress)
     return summary
+
+
+def _pretrained(config: StudyConfig, data: PreparedData, pair: PairSpec, seed: int, out: Path, run, progress: bool):
+    """The pretrained encoder of (target, seed), pretraining it the first time; None
+    without a ``pretrain:`` section."""
+    if config.pretrain is None:
+        return None
+    from senolab.runners.pretrain import study_pretraining
+
+    return study_pretraining(config, data, pair.target, seed, out, run, progress)
 
 
 def _log_unit(run, unit: StudyUnit, result: dict, aggregates: dict, on_unit, sections: dict) -> None:
@@ -257,6 +283,8 @@ def _run_once(config: StudyConfig, unit: StudyUnit, progress: bool, callbacks=()
     started = int(time.time() * 1000)
     base = config.base.model_copy(deep=True)
     base.train.seed = seed
+    if unit.weights is not None:  # fine-tune from the study's pretrained encoder
+        base.model.encoder_options = {**base.model.encoder_options, "pretrained": str(unit.weights)}
     if erm is not None:
         model, method, best_epoch = _erm_model(erm, spec, base)
     else:
@@ -270,11 +298,13 @@ def _run_once(config: StudyConfig, unit: StudyUnit, progress: bool, callbacks=()
                                   harmonise=lambda b: method.harmonise(b, "source")) for part in ("source_test", "val"))
     table = pd.concat([target.assign(domain="target"), source.assign(domain="source"),
                        validation.assign(domain=SOURCE_VAL)], ignore_index=True)
-    table = table.assign(method=spec.label, seed=seed, transductive=method.transductive, selection=config.selection)
+    transductive = method.transductive or unit.pretrain == "sources+target"
+    table = table.assign(method=spec.label, seed=seed, transductive=transductive, selection=config.selection)
     table.to_parquet(run_dir / "predictions.parquet")
     deployed = deployment_state(validation)  # thresholds and temperature: source validation only
     site_acc = domain_gap(_embeddings(adapted, model, data, method, device, base.train.batch_size), run_dir)
-    row = _result_row(table, spec.label, seed, method.transductive, config, site_acc, best_epoch, run_dir, deployed)
+    row = _result_row(table, spec.label, seed, transductive, config, site_acc, best_epoch, run_dir, deployed)
+    row["pretrain"] = unit.pretrain
     # One model file per unit: the one that predicted the target (after the method's
     # inference-time adaptation). The trainer's resume checkpoints are spent once it is done.
     shutil.rmtree(run_dir / PACKAGE, ignore_errors=True)  # left by a run stopped before it was done
@@ -315,7 +345,8 @@ def _erm_unit(config: StudyConfig, unit: StudyUnit) -> StudyUnit | None:
     if erm is None:
         return None
     study_dir = unit.folder.parents[3]
-    return StudyUnit(unit.pair, erm, unit.seed, unit_folder(study_dir, unit.pair.target, erm.label, unit.seed), unit.data)
+    return StudyUnit(unit.pair, erm, unit.seed, unit_folder(study_dir, unit.pair.target, erm.label, unit.seed), unit.data,
+                     unit.weights, unit.pretrain)
 
 
 def load_unit_model(unit: StudyUnit) -> torch.nn.Module:
@@ -450,10 +481,16 @@ def results_markdown(results: pd.DataFrame) -> str:
              "| Dice [95% CI] | site-classifier acc |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results.to_dict("records"):
         lines.append(
-            f"| {r['method']} | {r['target_site']} | {'yes' if r['transductive'] else 'no'} | {r['selection']} "
+            f"| {r['method']} | {r['target_site']} | {_transductive(r)} | {r['selection']} "
             f"| {_ci(r, 'auc')} | {_p(r.get('auc_p_vs_erm'))} | {_num(r.get('insite_auc'))} "
             f"| {_num(r.get('gap_auc'))} | {_ci(r, 'dice')} | {_num(r.get('site_classifier_acc'))} |")
     return "\n".join(lines) + "\n"
+
+
+def _transductive(row: dict) -> str:
+    if not row["transductive"]:
+        return "no"
+    return "yes (encoder pretrained on the target's images)" if row.get("pretrain") == "sources+target" else "yes"
 
 
 def operating_markdown(results: pd.DataFrame) -> str:
