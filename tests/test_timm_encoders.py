@@ -152,3 +152,16 @@ def test_layer_decay_groups_the_vit_blocks(tmp_path):
     assert sorted(layered) == sorted(id(p) for p in backbone_parameters(trainer.model))  # each once
     with pytest.raises(ConfigError, match="layer_decay needs a timm encoder"):
         parse_config({"model": {"encoder": "unet"}, "train": {"layer_decay": 0.7}})
+
+
+def test_a_packaged_model_is_rebuilt_without_its_initial_weights(tmp_path):
+    """The weights a model started from are not needed to rebuild it for its trained ones
+    (a moved file; `pretrained: true` on a machine without internet)."""
+    from senolab.engine.trainer import model_from_config
+
+    config = parse_config({**TINY, "model": {**TINY["model"], "encoder_options": {
+        "name": "convnext_atto", "pretrained": str(tmp_path / "moved.safetensors")}}})
+    data = prepare(config.data, progress=False)
+    with pytest.raises(InputError, match="moved.safetensors: no such file"):
+        model_from_config(config, data)
+    assert model_from_config(config, data, initial_weights=False).encoder.load_report is None

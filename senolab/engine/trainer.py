@@ -50,11 +50,19 @@ HEADS_BY_FLAG = {
 }
 
 
-def model_from_config(config: ExperimentConfig, data: PreparedData) -> nn.Module:
-    """The multi-task model a config describes, sized for the data's classes and inputs."""
+def model_from_config(config: ExperimentConfig, data: PreparedData, initial_weights: bool = True) -> nn.Module:
+    """The multi-task model a config describes, sized for the data's classes and inputs.
+
+    ``initial_weights=False`` builds the architecture only, without reading ``model.checkpoint``
+    or an encoder's ``pretrained`` weights: for a model whose trained weights are loaded
+    next (a packaged model), so a moved weights file or a machine without internet (for
+    ``pretrained: true``) does not matter."""
     heads = {head: options(data) for flag, (head, options) in HEADS_BY_FLAG.items()
              if getattr(config.model.heads, flag)}
-    model = build_model(config.model.encoder, heads, config.model.encoder_options, config.model.checkpoint)
+    encoder_options, checkpoint = config.model.encoder_options, config.model.checkpoint
+    if not initial_weights:
+        encoder_options, checkpoint = {k: v for k, v in encoder_options.items() if k != "pretrained"}, None
+    model = build_model(config.model.encoder, heads, encoder_options, checkpoint)
     if config.model.fusion is None:
         return model
     from senolab.fusion import fusion_for_data
