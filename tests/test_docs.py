@@ -53,7 +53,8 @@ def _loader(path: Path):
     from senolab.runners.study import load_study_config
     from senolab.runners.ablation import load_ablation
 
-    loaders = {"train": load_config, "study": load_study_config, "fusion": load_ablation, "run": load_run_config}
+    loaders = {"train": load_config, "study": load_study_config, "fusion": load_ablation, "run": load_run_config,
+               "pretrain": lambda p: load_config(p, kind="pretrain")}
     return loaders[path.stem.split("_")[0]]
 
 
