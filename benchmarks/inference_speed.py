@@ -11,7 +11,8 @@ int8 calibrated on its training part) into ``--work``; each ``--on`` cohort (a d
 folder) is predicted by all four as well.
 
 Measured per backend: milliseconds per image at batch 1 on one thread (median of
-``--repeats``) and images per second at batch 32 on two threads, each with the process's
+``--repeats``) and images per second at batch 32 on two threads (the four backends take
+turns call by call, so a change of the machine's load hits them alike), each with the process's
 CPU time beside the wall time (``time.process_time``: every thread of the process, ONNX
 Runtime's pool included; its threads spin while waiting, which counts as CPU time), the
 model's size on disk, and the AUC and Dice changes of ONNX fp32 and int8 against PyTorch.
@@ -53,17 +54,21 @@ QUICK = {"kind": "experiment", "name": "inference_speed_synthetic",
          "evaluation": {"bootstrap": 100}}
 
 
-def median_times(fn, repeats: int, warmup: int = 5) -> tuple[float, float]:
-    """Median wall and process-CPU seconds of ``fn()``."""
-    for _ in range(warmup):
-        fn()
-    wall, cpu = [], []
+def interleaved_times(runs: dict, repeats: int, warmup: int = 5) -> dict[str, tuple[float, float]]:
+    """Median wall and process-CPU seconds of each ``runs[name]()``, the backends taking
+    turns call by call: a change of the machine's load hits all of them alike."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    wall = {name: [] for name in runs}
+    cpu = {name: [] for name in runs}
     for _ in range(repeats):
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - w)
-        cpu.append(time.process_time() - c)
-    return statistics.median(wall), statistics.median(cpu)
+        for name, run in runs.items():
+            w, c = time.perf_counter(), time.process_time()
+            run()
+            wall[name].append(time.perf_counter() - w)
+            cpu[name].append(time.process_time() - c)
+    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in runs}
 
 
 def torch_runner(model: torch.nn.Module, mode):
@@ -73,23 +78,29 @@ def torch_runner(model: torch.nn.Module, mode):
     return run
 
 
-def measure(runner_for_threads, size: int, repeats: int, batch: int, threads_batch: int) -> dict:
-    """Latency at batch 1 on one thread, throughput at ``batch`` on ``threads_batch`` threads."""
+def measure(runners: dict, size: int, repeats: int, batch: int, threads_batch: int) -> dict[str, dict]:
+    """Per backend: latency at batch 1 on one thread, throughput at ``batch`` on ``threads_batch`` threads.
+    ``runners``: name -> (threads -> a callable on an image batch); torch's thread count is
+    process-wide, so it is set around each torch call."""
     rng = np.random.default_rng(0)
     one = rng.random((1, 1, size, size), dtype=np.float32)
     many = rng.random((batch, 1, size, size), dtype=np.float32)
-    run = runner_for_threads(1)
-    wall1, cpu1 = median_times(lambda: run(one), repeats)
-    run = runner_for_threads(threads_batch)
-    wall32, cpu32 = median_times(lambda: run(many), max(5, repeats // 5), warmup=2)
-    return {"ms_per_image_batch1_1thread": 1000 * wall1, "cpu_ms_per_image_batch1_1thread": 1000 * cpu1,
-            f"images_per_s_batch{batch}_{threads_batch}threads": batch / wall32,
-            f"cpu_ms_per_image_batch{batch}_{threads_batch}threads": 1000 * cpu32 / batch}
+    results = {name: {} for name in runners}
+    for latency, threads, images, n in ((True, 1, one, repeats), (False, threads_batch, many, max(5, repeats // 5))):
+        key = f"batch{len(images)}_{threads}thread{'s' if threads > 1 else ''}"
+        calls = {}
+        for name, runner in runners.items():
+            run = runner(threads)
+            calls[name] = (lambda run=run, images=images, threads=threads: (torch.set_num_threads(threads), run(images)))
+        for name, (wall, cpu) in interleaved_times(calls, n, warmup=5 if latency else 2).items():
+            cpu_ms = {f"cpu_ms_per_image_{key}": 1000 * cpu / len(images)}
+            results[name].update({f"ms_per_image_{key}": 1000 * wall, **cpu_ms} if latency
+                                 else {f"images_per_s_{key}": len(images) / wall, **cpu_ms})
+    return results
 
 
 def with_torch_threads(model, mode):
     def runner(threads: int):
-        torch.set_num_threads(threads)
         return torch_runner(model, mode)
     return runner
 
@@ -181,9 +192,9 @@ def main() -> None:
         "onnxruntime fp32": (with_ort_threads(folder / ONNX_NAME), (folder / ONNX_NAME).stat().st_size),
         "onnxruntime int8": (with_ort_threads(folder / INT8_NAME), (folder / INT8_NAME).stat().st_size),
     }
-    rows = {}
-    for name, (runner, size_bytes) in backends.items():
-        rows[name] = {"size_mb": size_bytes / 1e6, **measure(runner, size, args.repeats, args.batch, args.threads)}
+    speeds = measure({name: runner for name, (runner, _) in backends.items()}, size, args.repeats, args.batch,
+                     args.threads)
+    rows = {name: {"size_mb": size_bytes / 1e6, **speeds[name]} for name, (_, size_bytes) in backends.items()}
     extra = {root: extra_parity(root, state, folded, folder) for root in args.on}
     load_end = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
@@ -194,12 +205,13 @@ def main() -> None:
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; "
           f"load average {load_start:.2f} at start, {load_end:.2f} at end (1-minute)")
     b = args.batch
+    many = f"{args.threads}thread{'s' if args.threads > 1 else ''}"
     print(f"\n{'backend':36} {'size MB':>8} {'ms/img b1 1thr':>15} {'CPU ms':>7} "
           f"{f'img/s b{b} {args.threads}thr':>15} {'CPU ms/img':>10}")
     for name, row in rows.items():
         print(f"{name:36} {row['size_mb']:8.2f} {row['ms_per_image_batch1_1thread']:15.2f} "
-              f"{row['cpu_ms_per_image_batch1_1thread']:7.2f} {row[f'images_per_s_batch{b}_{args.threads}threads']:15.1f} "
-              f"{row[f'cpu_ms_per_image_batch{b}_{args.threads}threads']:10.2f}")
+              f"{row['cpu_ms_per_image_batch1_1thread']:7.2f} {row[f'images_per_s_batch{b}_{many}']:15.1f} "
+              f"{row[f'cpu_ms_per_image_batch{b}_{many}']:10.2f}")
     print()
     for line in quality_lines(f"held out: {report['held_out']['source']}", report):
         print(line)
