@@ -4,8 +4,11 @@ BatchNorm folded, ONNX Runtime fp32 and ONNX Runtime int8.
     python benchmarks/inference_speed.py [--run RUN] [--on ROOT ...] [--repeats 50]
 
 RUN is a `senolab train` run folder; without it a quick model is trained here on the
-built-in synthetic cohort (the default U-Net with its three heads at 128 px, a few epochs:
-the speed is the architecture's, the accuracy only needs a model that ranks cases). The
+built-in synthetic cohort (the default U-Net with its three heads at 128 px, 4 epochs).
+The speed is the architecture's, whatever the weights; the AUC/Dice changes mean
+something only for a model that has learnt (seen 2026-11-27: the quick synthetic model
+reached AUC 0.59 and Dice 0 on its 40 test cases, so measure them on a real run, e.g.
+``senolab train configs/train_ultrasound.yaml`` then ``--run runs/train_ultrasound``). The
 model is exported as `senolab export RUN --int8` does (parity on the run's test part,
 int8 calibrated on its training part) into ``--work``; each ``--on`` cohort (a dataset
 folder) is predicted by all four as well.
