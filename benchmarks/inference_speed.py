@@ -181,7 +181,7 @@ def main() -> None:
     from senolab.engine.trainer import model_from_config
 
     probe = restored_data(state, input_cohort([np.zeros((size, size), np.uint8)], _empty_frame(), state))
-    plain = model_from_config(config, probe)
+    plain = model_from_config(config, probe, initial_weights=False)
     plain.load_state_dict(weights)
     plain.eval()
     folded = inference_model(plain)

@@ -111,7 +111,7 @@ def _torch_model(config, weights: dict, data) -> nn.Module:
     from senolab.engine.trainer import model_from_config
     from senolab.models.inference import inference_model
 
-    model = model_from_config(config, data)
+    model = model_from_config(config, data, initial_weights=False)  # the trained weights load next
     model.load_state_dict(weights)
     return inference_model(model)
 
@@ -280,8 +280,8 @@ def held_out_cases(run: Path, state: dict, config, progress: bool) -> HeldOut:
             test, train = _sample(known.index[known == "test"]), _sample(known.index[known == "train"],
                                                                         CALIBRATION_CASES)
             if len(test) and len(train):
-                return HeldOut(restored_data(state, _subset(cohort, test)), restored_data(state, _subset(cohort, train)),
-                               "train", {"source": "the run's test part (split.csv)", "n_cases": len(test),
+                return HeldOut(restored_data(state, _subset(cohort, test)),
+                               restored_data(state, _subset(cohort, train)), "train", {"source": "the run's test part (split.csv)", "n_cases": len(test),
                                          "case_ids": list(test)})
             reason = "the run's split.csv names no test or training case of its cohort"
     test, calibration = _synthetic(state, seed=101), _synthetic(state, seed=202)
@@ -378,7 +378,8 @@ def _checked(report: dict, tolerance: dict, path: Path) -> dict:
         failures += [f"{name} differ by up to {diff:.2e} (> {tolerance['max_abs_diff']:g})"
                      for name, diff in report["max_abs_diff"].items() if diff > tolerance["max_abs_diff"]]
     failures += [f"{metric.upper()} changes by {report[metric]['change']:+.4f} (tolerance {tolerance[metric]:g})"
-                 for metric in ("auc", "dice") if metric in report and abs(report[metric]["change"]) > tolerance[metric]]
+                 for metric in ("auc", "dice")
+                 if metric in report and abs(report[metric]["change"]) > tolerance[metric]]
     return {"file": path.name, "bytes": path.stat().st_size, **report, "passed": not failures, "failures": failures}
 
 
@@ -409,7 +410,8 @@ def parity_lines(report: dict) -> list[str]:
         metrics = "; ".join(f"{m.upper()} {part[m]['torch']:.4f} -> {part[m]['onnx']:.4f} ({part[m]['change']:+.4f})"
                             for m in ("auc", "dice") if m in part)
         verdict = "ok" if part["passed"] else "FAILED: " + "; ".join(part["failures"])
-        lines.append(f"  {kind} {part['file']} ({part['bytes'] / 1e6:.2f} MB): max |diff| {diffs}; {metrics}  {verdict}")
+        size = f"{part['bytes'] / 1e6:.2f} MB"
+        lines.append(f"  {kind} {part['file']} ({size}): max |diff| {diffs}; {metrics}  {verdict}")
         if "calibration" in part:
             lines.append(f"    calibrated on {part['calibration']['n_cases']} cases of {part['calibration']['part']}")
     return lines

@@ -196,7 +196,7 @@ def load_packaged_model(folder: str | Path, data: PreparedData) -> torch.nn.Modu
     from senolab.engine.trainer import model_from_config
 
     state = load_checkpoint(package_weights(folder))
-    model = model_from_config(ExperimentConfig.model_validate(state["config"]), data)
+    model = model_from_config(ExperimentConfig.model_validate(state["config"]), data, initial_weights=False)
     model.load_state_dict(state["model"])
     return model.eval()
 
@@ -253,7 +253,7 @@ class PackagedModel(PythonModel):
         from senolab.models.inference import inference_model
 
         if folded not in self._models:
-            model = model_from_config(self.config, data)
+            model = model_from_config(self.config, data, initial_weights=False)  # trained weights load next
             model.load_state_dict(self.weights)
             self._models[folded] = inference_model(model) if folded else model.eval()
         return self._models[folded]
