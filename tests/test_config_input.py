@@ -19,7 +19,7 @@ BAD_CONFIGS = {
                       b"data:\n  cohorts: [nowhere]\n",
                       "line 6, column 3: key 'lr' appears twice in one mapping (first on line 5)"),
     "unknown_encoder": (b"model:\n  encoder: unte\ndata:\n  cohorts: [nowhere]\n",
-                        "model.encoder: Value error, unknown encoder 'unte'; known: hybrid, unet, vit"),
+                        "model.encoder: Value error, unknown encoder 'unte'; known: hybrid, timm, unet, vit"),
     "unknown_fusion": (b"model:\n  fusion: late\ndata:\n  cohorts: [nowhere]\n",
                        "model.fusion: Value error, unknown fusion 'late'; known: concat, cross_attention, "),
     "unknown_balancer": (b"loss:\n  balancer: uncertainity\ndata:\n  cohorts: [nowhere]\n",
