@@ -224,6 +224,8 @@ def test_a_dicom_mammogram_is_predicted_in_its_own_pixels_with_its_area_in_mm2(t
                            spacing=(0.07, 0.07))
     assert senolab(["predict", "runs/tiny", str(folder), "--out", "pred_mg", "--quiet"]) == 0
     (case,) = pd.read_csv("pred_mg/predictions.csv").to_dict("records")
+    # the tiny model learnt ultrasound: a mammogram is predicted, and said to be outside its training
+    assert json.loads(Path("pred_mg/summary.json").read_text())["other_modality"] == [case["image"]]
     assert case["modality"] == "MG" and case["pixel_spacing_mm"] == pytest.approx(0.07)
     assert case["lesion_area_mm2"] == pytest.approx(case["lesion_area_px"] * 0.07 ** 2)
     pixels = read_dicom(path).pixels

@@ -166,6 +166,9 @@ def run_predict(args: argparse.Namespace) -> int:
                              backend=args.backend, explain=explain)
     print(f"{summary['predicted']} of {summary['found']} images predicted ({args.backend}, threshold "
           f"{summary['threshold']:.3f}: {summary['threshold_rule']}); written to {args.out.resolve()}")
+    if summary["other_modality"]:
+        print(f"  {len(summary['other_modality'])} images are not {summary['model_modality']}, the modality the "
+              f"model was trained on: their predictions are outside what it learnt (e.g. {summary['other_modality'][0]})")
     ignored = summary["metadata"]["ignored"]
     if ignored:
         print(f"  metadata columns the model does not use, ignored: {', '.join(ignored)}")

@@ -151,6 +151,8 @@ def predict_images(model: str, source: str | Path, out: str | Path, threshold: f
     summary = {"model": str(model), "backend": backend, "input": str(source), "input_kind": inputs.kind,
                "model_modality": state["modality"], "threshold": chosen.value, "threshold_rule": chosen.rule,
                "found": len(inputs.cases), "predicted": len(rows), "skipped": skipped,
+               # predicted, but outside what the model learnt: another modality than its training images'
+               "other_modality": [r["image"] for r in rows if r["modality"] != state["modality"]],
                "metadata": {"used": [c for c in known if c in inputs.columns],
                             "ignored": [c for c in inputs.columns if c not in known],
                             "missing": [c for c in known if c not in inputs.columns]},
