@@ -36,6 +36,7 @@ import pandas as pd
 
 from senolab.evaluation.calibration import brier, ece, fit_temperature, scaled
 from senolab.evaluation.operating import RATES, binary_cases, choose_thresholds, oracle_points, rates
+from senolab.evaluation.formatting import interval_text, number_text
 
 K_VALUES = (10, 20, 50)
 N_DRAWS = 200
@@ -196,14 +197,7 @@ def recalibration_markdown(frame: pd.DataFrame) -> str:
              "| oracle specificity |", "|---|---|---|---|---|---|---|---|"]
     for r in frame.to_dict("records"):
         lines.append(f"| {r.get('method', '-')} | {r['target_site']} | {r[LABEL_FLAG]} | {r['rule']} "
-                     f"| {_spread(r, 'sensitivity')} | {_spread(r, 'specificity')} "
-                     f"| {_num(r.get('source_specificity'))} | {_num(r.get('oracle_specificity'))} |")
+                     f"| {interval_text(r, 'sensitivity')} | {interval_text(r, 'specificity')} "
+                     f"| {number_text(r.get('source_specificity'))} | {number_text(r.get('oracle_specificity'))} |")
     return "\n".join(lines) + "\n"
 
-
-def _num(value) -> str:
-    return "-" if value is None or not np.isfinite(value) else f"{value:.3f}"
-
-
-def _spread(row: dict, name: str) -> str:
-    return "-" if not np.isfinite(row[name]) else f"{row[name]:.3f} [{row[name + '_lo']:.3f}, {row[name + '_hi']:.3f}]"

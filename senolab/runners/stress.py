@@ -39,6 +39,7 @@ import pandas as pd
 from senolab.errors import InputError
 from senolab.paths import require_folder, writable_folder
 from senolab.registry import Registry
+from senolab.evaluation.formatting import interval_text, number_text
 
 CLEAN = "clean"
 STRESS_METRICS = ("auc", "dice")
@@ -191,6 +192,7 @@ def stress_test(run: str | Path, root: str | Path, out: str | Path | None = None
     from tqdm.auto import tqdm
 
     from senolab.evaluation.corruptions import CORRUPTIONS, SEVERITIES
+    from senolab.runners.packaged import PREPROCESSING, read_state
     from senolab.tracking import RunDir, table_fingerprint
     from senolab.tracking.runfolder import claim_folder
 
@@ -214,9 +216,10 @@ def stress_test(run: str | Path, root: str | Path, out: str | Path | None = None
     frames, described = [], {}
     with tqdm(total=len(models) * len(plan), desc="stress", unit="pass", disable=not progress) as bar:
         for model in models:
+            state = read_state(model.package / "artifacts" / PREPROCESSING)
             rows, described[model.unit] = stressed_cases(model, cohort.table)
-            described[model.unit] += _masked_inputs(model)
-            frame = _stress_model(model, cohort, rows, plan, seed, n_resamples, bar)
+            described[model.unit] += _masked_inputs(state)
+            frame = _stress_model(model, state, cohort, rows, plan, seed, n_resamples, bar)
             frames.append(frame)
             if not tracked.is_logged(model.unit):
                 tracked.log_unit(model.unit, metrics=_unit_metrics(frame), tags=_unit_tags(model),
@@ -228,14 +231,15 @@ def stress_test(run: str | Path, root: str | Path, out: str | Path | None = None
     return StressResult(table, markdown, out)
 
 
-def _stress_model(model: StressModel, cohort, rows: pd.DataFrame, plan, seed: int, n_resamples, bar) -> pd.DataFrame:
-    """The model's AUC and Dice (with CIs) on the clean and each corrupted version of ``rows``."""
+def _stress_model(model: StressModel, state: dict, cohort, rows: pd.DataFrame, plan, seed: int, n_resamples,
+                  bar) -> pd.DataFrame:
+    """The model's AUC and Dice (with CIs) on the clean and each corrupted version of ``rows``
+    (``state``: its package's preprocessing)."""
     from senolab.engine.predict import predict
     from senolab.engine.trainer import pick_device
     from senolab.evaluation import evaluate
-    from senolab.runners.packaged import PREPROCESSING, load_packaged_model, restored_data
+    from senolab.runners.packaged import load_packaged_model, restored_data
 
-    state = json.loads((model.package / "artifacts" / PREPROCESSING).read_text())
     device = pick_device(model.config.train.device)
     harmonise = _harmonise(model)
     pixels = _pixels(cohort, rows)
@@ -253,13 +257,11 @@ def _stress_model(model: StressModel, cohort, rows: pd.DataFrame, plan, seed: in
     return _rows(model, evaluation.aggregates, plan, len(rows))
 
 
-def _masked_inputs(model: StressModel) -> str:
-    """What the stressed model does without: radiomics are features of the clean image's
-    lesion, not recomputed on a corrupted one, so they are masked as missing (as a packaged
-    model does with new images) and the clean row differs from the study's own score."""
-    from senolab.runners.packaged import PREPROCESSING
-
-    state = json.loads((model.package / "artifacts" / PREPROCESSING).read_text())
+def _masked_inputs(state: dict) -> str:
+    """What the stressed model (its package's preprocessing ``state``) does without:
+    radiomics are features of the clean image's lesion, not recomputed on a corrupted one,
+    so they are masked as missing (as a packaged model does with new images) and the clean
+    row differs from the study's own score."""
     if not state.get("radiomics_columns"):
         return ""
     return "; its radiomics inputs are masked as missing (never recomputed on corrupted images), so its clean score " \
@@ -334,7 +336,7 @@ def stress_markdown(table: pd.DataFrame) -> str:
         for (model, corruption), rows in table[table["corruption"] != CLEAN].groupby(["model", "corruption"],
                                                                                      sort=False):
             values = dict(zip(rows["severity"], rows[metric]))
-            cells = [_num(clean[model])] + [_num(values.get(s)) for s in range(1, 6)]
+            cells = [number_text(clean[model])] + [number_text(values.get(s)) for s in range(1, 6)]
             lines.append(f"| {model} | {corruption} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
@@ -346,8 +348,9 @@ def _full_markdown(table: pd.DataFrame, described: dict, settings: dict) -> str:
     full = ["| model | corruption | severity | n | AUC [95% CI] | ΔAUC | Dice [95% CI] | ΔDice |",
             "|---|---|---|---|---|---|---|---|"]
     for r in table.to_dict("records"):
-        full.append(f"| {r['model']} | {r['corruption']} | {r['severity']} | {r['n_cases']} | {_ci(r, 'auc')} "
-                    f"| {_num(r['delta_auc'])} | {_ci(r, 'dice')} | {_num(r['delta_dice'])} |")
+        full.append(f"| {r['model']} | {r['corruption']} | {r['severity']} | {r['n_cases']} "
+                    f"| {interval_text(r, 'auc')} | {number_text(r['delta_auc'])} "
+                    f"| {interval_text(r, 'dice')} | {number_text(r['delta_dice'])} |")
     return "\n".join(head) + "\n" + stress_markdown(table) + "\nAll values:\n\n" + "\n".join(full) + "\n"
 
 
@@ -370,12 +373,3 @@ def _write(out: Path, table: pd.DataFrame, markdown: str, settings: dict, descri
     (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=1, allow_nan=False) + "\n")
     return [out / "stress.csv", out / "stress.md", figure, out / "corruption_examples.png", out / "summary.json"]
 
-
-def _num(value) -> str:
-    return "-" if value is None or not np.isfinite(value) else f"{value:.3f}"
-
-
-def _ci(row: dict, metric: str) -> str:
-    if not np.isfinite(row[metric]):
-        return "-"
-    return f"{row[metric]:.3f} [{row[metric + '_lo']:.3f}, {row[metric + '_hi']:.3f}]"

@@ -71,6 +71,7 @@ from senolab.runners.packaged import load_packaged_model, save_package
 from senolab.tracking.runfolder import claim_folder, done_record, mark_done
 from senolab.tracking.provenance import part_datasets, table_fingerprint
 from senolab.tracking.rundir import RunDir, unit_name
+from senolab.evaluation.formatting import interval_text, number_text
 
 CURVES_FILE = "training_curves.png"
 SOURCE_VAL = "source_val"  # the domain of the source validation predictions (thresholds are chosen there)
@@ -482,8 +483,9 @@ def results_markdown(results: pd.DataFrame) -> str:
     for r in results.to_dict("records"):
         lines.append(
             f"| {r['method']} | {r['target_site']} | {_transductive(r)} | {r['selection']} "
-            f"| {_ci(r, 'auc')} | {_p(r.get('auc_p_vs_erm'))} | {_num(r.get('insite_auc'))} "
-            f"| {_num(r.get('gap_auc'))} | {_ci(r, 'dice')} | {_num(r.get('site_classifier_acc'))} |")
+            f"| {interval_text(r, 'auc')} | {_p(r.get('auc_p_vs_erm'))} | {number_text(r.get('insite_auc'))} "
+            f"| {number_text(r.get('gap_auc'))} | {interval_text(r, 'dice')} "
+            f"| {number_text(r.get('site_classifier_acc'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -507,17 +509,18 @@ def operating_markdown(results: pd.DataFrame) -> str:
         for rule in RULES.names():
             if f"threshold_{rule}" not in r or not np.isfinite(r[f"threshold_{rule}"]):
                 continue
-            lines.append(f"| {r['method']} | {r['target_site']} | {rule} | {_num(r[f'threshold_{rule}'])} "
-                         + " ".join(f"| {_ci(r, f'{name}_{rule}')}" for name in ("sensitivity", "specificity", "ppv",
-                                                                                 "npv"))
-                         + "".join(f" | {_num(r.get(f'oracle_{name}_{rule}'))}"
+            lines.append(f"| {r['method']} | {r['target_site']} | {rule} | {number_text(r[f'threshold_{rule}'])} "
+                         + " ".join(f"| {interval_text(r, f'{name}_{rule}')}"
+                                    for name in ("sensitivity", "specificity", "ppv", "npv"))
+                         + "".join(f" | {number_text(r.get(f'oracle_{name}_{rule}'))}"
                                    for name in ("threshold", "sensitivity", "specificity")) + " |")
     lines += ["", "| method | target | temperature (source val) | ECE [95% CI] | ECE, temperature-scaled "
               "| Brier [95% CI] | Brier, temperature-scaled |", "|---|---|---|---|---|---|---|"]
     for r in results.to_dict("records"):
         if "ece_score" in r:
-            lines.append(f"| {r['method']} | {r['target_site']} | {_num(r.get('temperature'))} | {_ci(r, 'ece_score')} "
-                         f"| {_ci(r, 'ece_score_scaled')} | {_ci(r, 'brier')} | {_ci(r, 'brier_scaled')} |")
+            lines.append(f"| {r['method']} | {r['target_site']} | {number_text(r.get('temperature'))} "
+                         f"| {interval_text(r, 'ece_score')} | {interval_text(r, 'ece_score_scaled')} "
+                         f"| {interval_text(r, 'brier')} | {interval_text(r, 'brier_scaled')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -574,16 +577,6 @@ def recalibrate_study(study_dir: str | Path, **options) -> pd.DataFrame:
 
 def _p(value) -> str:
     return "-" if value is None or not np.isfinite(value) else f"{value:.2g}"
-
-
-def _num(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.3f}"
-
-
-def _ci(row: dict, metric: str) -> str:
-    if row.get(metric) is None or not np.isfinite(row.get(metric, np.nan)):
-        return "-"
-    return f"{row[metric]:.3f} [{row[metric + '_lo']:.3f}, {row[metric + '_hi']:.3f}]"
 
 
 def _summary(config: StudyConfig, per_unit: dict, cases: pd.DataFrame, out: Path, skipped: list[dict],
