@@ -15,8 +15,9 @@ import yaml
 from scipy import ndimage
 
 from senolab.cohorts.dataset import CohortDataset
-from senolab.cohorts.prepare import breast_frame, prepare, prepared_shape
+from senolab.cohorts.prepare import breast_frame, prepare
 from senolab.cohorts.readers import open_cohort
+from senolab.cohorts.schema import Cohort
 from senolab.cohorts.synthetic_mammography import (
     DENSITY_LEVELS,
     MammographyConfig,
@@ -27,7 +28,6 @@ from senolab.cohorts.synthetic_mammography import (
 )
 from senolab.engine.config import DataConfig
 from senolab.engine.data import load_cohorts
-from senolab.engine.predict import _letterboxed_spacing
 
 LABEL_LEVEL, LESION_LEVEL = 250, 222
 
@@ -75,17 +75,19 @@ def test_a_left_breast_stays_as_it_is_and_only_a_right_one_is_mirrored():
 
 def test_spacing_follows_the_crop_into_the_letterbox():
     image, lesion, _ = right_breast_with_label()
-    row = {**mg_row(image, "R"), "case_id": "toy/1", "pixel_spacing_mm": 0.2, "image_path": None}
-    crop = prepared_shape(row, lambda: image)
-    assert crop == prepare(image, [], row)[0].shape and max(crop) < max(image.shape)
+    height, width = image.shape
+    base = {"patient_id": "toy/p", "cohort": "toy", "site": "a", "scanner": "x", "image_path": None,
+            "mask_paths": [], "other_mask_paths": [], "label": "benign", "pixel_spacing_mm": 0.2, "width": width,
+            "height": height, "mask_kind": "outline", "lesion_bboxes": [[0, 0, 1, 1]], "laterality": "R"}
+    rows = [{**base, "case_id": "toy/mg", "modality": "MG"}, {**base, "case_id": "toy/us", "modality": "US"}]
+    cohort = Cohort("toy", pd.DataFrame(rows), arrays={r["case_id"]: (image, [lesion]) for r in rows}).validate()
+    mg, us = CohortDataset(cohort, size=64)
+    crop = prepare(image, [], rows[0])[0].shape
+    assert max(crop) < max(image.shape)
     # the letterbox scales the crop's longer side: each input pixel covers fewer mm than
     # the stored image's longer side would give
-    cohort = type("Held", (), {"arrays": {"toy/1": (image, [lesion])}})()
-    spacing = _letterboxed_spacing(pd.Series(row, name="toy/1"), 64, cohort)
-    assert spacing == pytest.approx(0.2 * max(crop) / 64) and spacing < 0.2 * 200 / 64
-    # ultrasound keeps its geometry: answered from the row, the image is never read
-    us = {"modality": "US", "height": 90, "width": 120}
-    assert prepared_shape(us, lambda: pytest.fail("read an image it did not need")) == (90, 120)
+    assert float(mg["spacing_mm"]) == pytest.approx(0.2 * max(crop) / 64)
+    assert float(us["spacing_mm"]) == pytest.approx(0.2 * max(image.shape) / 64)  # ultrasound: as stored
 
 
 # ----------------------------------------------------------------------------- the generator

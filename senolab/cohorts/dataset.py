@@ -42,6 +42,7 @@ class Batch(TypedDict):
     has_label: torch.Tensor  # (B,) bool: False for unlabelled cohorts and labels outside the classes
     bbox: torch.Tensor  # (B, 4) float32 normalised xyxy around all lesion pixels; zeros if none
     has_bbox: torch.Tensor  # (B,) bool: a lesion is located (by its mask or its box)
+    spacing_mm: torch.Tensor  # (B,) float32 mm per pixel of the model input (letterboxed); NaN when unknown
     site: torch.Tensor  # (B,) int64 index into the dataset's site vocabulary; -1 if not in it
     meta_num: torch.Tensor  # (B, Fn) float32 encoded numeric/ordinal/multi metadata; 0 where missing
     meta_num_missing: torch.Tensor  # (B, Fn) bool, True where the value is missing
@@ -53,6 +54,7 @@ class Batch(TypedDict):
 class Letterboxed:
     image: np.ndarray  # float32 size x size in [0, 1]
     mask: np.ndarray  # float32 size x size {0, 1}: union of the lesions (their filled boxes for mask_kind "box")
+    scale: float  # input pixels per pixel of the image given (the prepared one)
 
 
 def letterbox(image: np.ndarray, masks: list[np.ndarray], size: int) -> Letterboxed:
@@ -69,7 +71,7 @@ def letterbox(image: np.ndarray, masks: list[np.ndarray], size: int) -> Letterbo
         union = np.logical_or.reduce(masks).astype(np.uint8) * 255
         small = Image.fromarray(union).resize((nw, nh), Image.Resampling.NEAREST)
         mask[top : top + nh, left : left + nw] = np.asarray(small) > 127
-    return Letterboxed(out, mask)
+    return Letterboxed(out, mask, scale)
 
 
 def normalised_box(mask: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -171,6 +173,8 @@ class CohortDataset(Dataset):
             "has_label": torch.tensor(has_label),
             "bbox": bbox,
             "has_bbox": torch.tensor(has_bbox),
+            # preparation crops but never resamples: a prepared pixel has the stored spacing
+            "spacing_mm": torch.tensor(float(row["pixel_spacing_mm"]) / boxed.scale, dtype=torch.float32),
             "site": torch.tensor(self.sites.index(row["site"]) if row["site"] in self.sites else -1),
         }
         out.update(self._tabular_item(index))  # meta_num, meta_num_missing, meta_cat, radiomics

@@ -7,9 +7,8 @@ spacing); preparation happens where pixels become a model's input.
 
 Pixel spacing: a preparer may crop or flip but never resamples, so a prepared pixel is
 as many millimetres as a stored one. What changes is the letterbox scale, which follows
-the prepared image's longer side: :func:`prepared_shape` gives that shape (the stored one,
-read from the row, for preparers that keep the geometry), and the engine converts
-millimetres per stored pixel to millimetres per model-input pixel with it.
+the prepared image's longer side: the dataset gives each item's millimetres per
+model-input pixel (``spacing_mm`` of the batch) from that scale.
 """
 from __future__ import annotations
 
@@ -156,12 +155,3 @@ def prepare(image: np.ndarray, masks: list[np.ndarray], row: dict) -> tuple[np.n
     """The case's pixels prepared for its modality."""
     return PREPARERS.get(row.get("modality", "US"))(image, masks, row)
 
-
-def prepared_shape(row: dict, image: Callable[[], np.ndarray]) -> tuple[int, int]:
-    """(height, width) of the case's prepared image, whose longer side the letterbox scales
-    to the model's size. Modalities that keep the stored geometry answer from the row;
-    the others call ``image()`` (the stored pixels) and prepare them."""
-    modality = row.get("modality", "US")
-    if modality in GEOMETRY_KEPT:
-        return int(row["height"]), int(row["width"])
-    return prepare(image(), [], row)[0].shape

@@ -15,8 +15,6 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from senolab.cohorts.pixels import case_image
-from senolab.cohorts.prepare import prepared_shape
 from senolab.engine.data import PreparedData
 from senolab.evaluation import box_iou, segmentation_case_metrics
 from senolab.evaluation.segmentation import LESION_COLUMN
@@ -57,7 +55,8 @@ def _case_rows(batch: dict, out: dict, data: PreparedData, info: pd.DataFrame) -
             row["score"] = float(probs[i][data.classes.index("malignant")])
         if seg is not None:
             truth = batch["mask"][i, 0].cpu().numpy() > 0.5
-            spacing = _letterboxed_spacing(meta, data.image_size, data.cohort)
+            spacing = float(batch["spacing_mm"][i])
+            spacing = spacing if np.isfinite(spacing) else None
             row.update(_segmentation_columns(seg[i], truth, spacing, meta))
         if boxes is not None:
             has_box = bool(batch["has_bbox"][i])
@@ -85,19 +84,6 @@ def _segmentation_columns(pred: np.ndarray, truth: np.ndarray, spacing: float | 
     # a box or an unlocated lesion: no mask to compare with; the label says whether a lesion is there
     metrics[LESION_COLUMN] = meta["label"] != "normal" or bool(meta["lesion_bboxes"])
     return {**metrics, **dict.fromkeys(OUTLINE_ONLY, float("nan"))}
-
-
-def _letterboxed_spacing(meta: pd.Series, size: int, cohort) -> float | None:
-    """mm per pixel of the letterboxed image (None when the cohort does not know it).
-
-    The letterbox scales the PREPARED image's longer side to ``size``; preparation crops
-    (mammograms: to the breast) but never resamples, so a prepared pixel keeps the stored
-    spacing and only the longer side changes (cohorts.prepare.prepared_shape)."""
-    spacing = meta["pixel_spacing_mm"]
-    if spacing is None or not np.isfinite(spacing):
-        return None
-    row = {**meta.to_dict(), "case_id": meta.name}
-    return float(spacing) * max(prepared_shape(row, lambda: case_image(cohort, row))) / size
 
 
 def validation_score(table: pd.DataFrame, tasks) -> dict:
