@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from senolab.evaluation.bootstrap import DEFAULT_CI_LEVEL, bootstrap
-from senolab.evaluation.classification import confidence_bins
+from senolab.evaluation.classification import binned_gap_ece, binned_means
 from senolab.evaluation.metrics import safe_ratio
 
 ECE_BINS = 10
@@ -40,9 +40,7 @@ STATISTICS = ("ece", "brier")
 
 def weighted_ece(score: np.ndarray, positive: np.ndarray, w: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
     """(B,) ECE of the score under (B, n) weights: sum_b |sum_{i in b} w_i (y_i - p_i)| / sum_i w_i."""
-    onehot = np.zeros((len(score), n_bins))
-    onehot[np.arange(len(score)), confidence_bins(score, n_bins)] = positive.astype(float) - score
-    return safe_ratio(np.abs(w @ onehot).sum(axis=1), w.sum(axis=1))
+    return binned_gap_ece(score, positive.astype(float) - score, n_bins, w)
 
 
 def weighted_brier(score: np.ndarray, positive: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -63,12 +61,7 @@ def brier(score, positive) -> float:
 def reliability(score, positive, n_bins: int = ECE_BINS) -> pd.DataFrame:
     """Per equal-width bin: ``lo, hi, count, mean_score, observed`` (NaN where empty)."""
     score, positive = np.asarray(score, float), np.asarray(positive, bool)
-    bins = confidence_bins(score, n_bins)
-    counts = np.bincount(bins, minlength=n_bins)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    return pd.DataFrame({"lo": edges[:-1], "hi": edges[1:], "count": counts,
-                         "mean_score": safe_ratio(np.bincount(bins, weights=score, minlength=n_bins), counts),
-                         "observed": safe_ratio(np.bincount(bins, weights=positive, minlength=n_bins), counts)})
+    return binned_means(score, n_bins, mean_score=score, observed=positive.astype(float))
 
 
 # --------------------------------------------------------------------------- temperature scaling

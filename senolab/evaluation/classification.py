@@ -161,27 +161,35 @@ def confidence_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:
     return np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
 
 
+def binned_gap_ece(predicted: np.ndarray, gap: np.ndarray, n_bins: int, w: np.ndarray) -> np.ndarray:
+    """(B,) sum_b |sum_{i in b} w_i gap_i| / sum_i w_i over equal-width bins of ``predicted``:
+    the ECE of any predicted probability against its outcome (gap = outcome - predicted)."""
+    onehot = np.zeros((len(predicted), n_bins))
+    onehot[np.arange(len(predicted)), confidence_bins(predicted, n_bins)] = gap
+    return safe_ratio(np.abs(w @ onehot).sum(axis=1), w.sum(axis=1))
+
+
+def binned_means(predicted: np.ndarray, n_bins: int, **values: np.ndarray) -> pd.DataFrame:
+    """Per equal-width bin of ``predicted``: its edges, case count and the mean of each of
+    ``values`` (by name, in order; NaN where a bin is empty): a reliability table."""
+    bins = confidence_bins(predicted, n_bins)
+    counts = np.bincount(bins, minlength=n_bins)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    means = {name: safe_ratio(np.bincount(bins, weights=v, minlength=n_bins), counts) for name, v in values.items()}
+    return pd.DataFrame({"lo": edges[:-1], "hi": edges[1:], "count": counts, **means})
+
+
 def weighted_ece(labels: np.ndarray, probs: np.ndarray, n_bins: int, w: np.ndarray) -> np.ndarray:
     """(B,) top-label ECE: sum_b |sum_{i in b} w_i (correct_i - conf_i)| / sum_i w_i."""
     confidence = probs.max(axis=1)
-    gap = (predicted_classes(probs) == labels).astype(float) - confidence
-    onehot = np.zeros((len(labels), n_bins))
-    onehot[np.arange(len(labels)), confidence_bins(confidence, n_bins)] = gap
-    return safe_ratio(np.abs(w @ onehot).sum(axis=1), w.sum(axis=1))
+    return binned_gap_ece(confidence, (predicted_classes(probs) == labels).astype(float) - confidence, n_bins, w)
 
 
 def reliability_table(labels: np.ndarray, probs: np.ndarray, n_bins: int = DEFAULT_ECE_BINS) -> pd.DataFrame:
     """Per confidence bin: its edges, case count, mean confidence and accuracy (NaN if empty)."""
     confidence = probs.max(axis=1)
-    correct = predicted_classes(probs) == labels
-    bins = confidence_bins(confidence, n_bins)
-    counts = np.bincount(bins, minlength=n_bins)
-    mean_conf = safe_ratio(np.bincount(bins, weights=confidence, minlength=n_bins), counts)
-    accuracy = safe_ratio(np.bincount(bins, weights=correct, minlength=n_bins), counts)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    return pd.DataFrame(
-        {"lo": edges[:-1], "hi": edges[1:], "count": counts, "confidence": mean_conf, "accuracy": accuracy}
-    )
+    return binned_means(confidence, n_bins, confidence=confidence,
+                        accuracy=(predicted_classes(probs) == labels).astype(float))
 
 
 # --------------------------------------------------------------------------- metrics
