@@ -63,6 +63,9 @@ class AdaptationMethod(nn.Module):
     - ``inference_only``: trains exactly as ERM and differs only at inference (AdaBN), so
       a study reuses ERM's trained model of the same target and seed instead of training
       an identical one again.
+    - ``federated``: the study trains it by federated learning across the source sites
+      (:mod:`senolab.federated`), each site a client whose data never leaves it; its step
+      hook is then what each client runs on its own batches (FedProx's proximal term).
     """
 
     name: ClassVar[str]
@@ -71,6 +74,14 @@ class AdaptationMethod(nn.Module):
     target_forward: ClassVar[bool] = False
     loss_names: ClassVar[tuple[str, ...]] = ()
     inference_only: ClassVar[bool] = False
+    federated: ClassVar[bool] = False
+
+    @classmethod
+    def study_entries(cls, sources: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        """What one study entry of this method stands for at a pair with these source sites:
+        (label suffix, extra options) per run. One run with nothing added, except for methods
+        that train once per source site (local-only training)."""
+        return [("", {})]
 
     # ----------------------------------------------------------------- public entry points
     def prepare(self, model: nn.Module, source_loader: Iterable[Batch], target_loader: Iterable[Batch] | None) -> None:

@@ -174,6 +174,11 @@ class TrainConfig(Strict):
     seed: int = 0
     num_workers: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Data-parallel training (senolab.engine.distributed): `devices` processes, launched by
+    # torchrun, share each global batch of `batch_size` cases; rank 0 alone writes the run folder.
+    devices: int = Field(1, ge=1)
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"  # autocast dtype; 16-mixed adds a grad scaler
+    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch instead of each process's share
     # Fine-tuning a pretrained encoder. Its backbone is every encoder parameter outside its
     # decoder; the decoder, heads and fusion are new and train at `lr` throughout.
     freeze_encoder_epochs: int = Field(0, ge=0)  # the backbone gets no gradient in the first N epochs
@@ -348,6 +353,28 @@ def method_names_as_specs(methods):
     return [{"name": m} if isinstance(m, str) else m for m in methods]
 
 
+class ExecutorConfig(Strict):
+    """How a study's runs are carried out (senolab.runners.executors): one after another in
+    this process, or each as a Ray task on this machine or a cluster. ``cpus`` and ``gpus``
+    are what one run declares; its torch thread count is ``cpus`` under every executor, so
+    both give the same results for the same seeds (None: this machine's torch default)."""
+
+    name: Literal["sequential", "ray"] = "sequential"
+    address: str | None = None  # a Ray cluster to join ("auto", "ray://host:10001"); None starts a local one
+    cpus: int | None = Field(None, ge=1)
+    gpus: float = Field(0.0, ge=0)
+
+
+class TuneSpec(Strict):
+    """A Ray Tune search over one study method's options, scored on source validation only
+    (senolab.runners.tuning); the chosen options replace the listed ones for that method."""
+
+    method: str  # a label of the study's methods
+    space: dict[str, Any]  # option -> {uniform: [lo, hi]}, {loguniform: [lo, hi]} or {choice: [...]}
+    trials: int = Field(8, ge=1)
+    epochs: int | None = Field(None, ge=1)  # per trial (default: the study's train.epochs)
+
+
 class StudyConfig(Strict):
     kind: Literal["study"] = "study"
     name: str = "study"
@@ -360,6 +387,8 @@ class StudyConfig(Strict):
     source_test_fraction: float = Field(0.2, gt=0, lt=1)
     embedding_figure: bool = True
     pretrain: StudyPretrain | None = None  # self-supervised pretraining of the encoder before the methods
+    executor: ExecutorConfig = ExecutorConfig()
+    tune: list[TuneSpec] = []
 
     @field_validator("methods", mode="before")
     @classmethod

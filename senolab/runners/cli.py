@@ -18,6 +18,8 @@ def register(subparsers) -> None:
     train.add_argument("config", type=Path, help="experiment YAML (see configs/)")
     train.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<config name>)")
     train.add_argument("--tracking-uri", default=None, metavar="URI", help=TRACKING_HELP)
+    train.add_argument("--devices", type=int, default=None, metavar="N",
+                       help="data-parallel processes (default: the config's train.devices, else 1)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=run_train)
 
@@ -36,6 +38,10 @@ def register(subparsers) -> None:
     study.add_argument("config", type=Path, help="study YAML (see configs/study_*.yaml)")
     study.add_argument("--out", type=Path, default=None, help="study directory (default: runs/<study name>)")
     study.add_argument("--tracking-uri", default=None, metavar="URI", help=TRACKING_HELP)
+    study.add_argument("--executor", choices=["sequential", "ray"], default=None,
+                       help="how runs are carried out (default: the config's executor.name, else sequential)")
+    study.add_argument("--address", default=None, metavar="ADDRESS",
+                       help="with --executor ray: a Ray cluster to join (default: start one on this machine)")
     study.add_argument("--quiet", action="store_true")
     study.set_defaults(func=run_study_command)
 

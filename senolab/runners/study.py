@@ -169,7 +169,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, c
     for pair in pairs:
         data = pair_data(config, cohort, pair)
         weights = {seed: _pretrained(config, data, pair, seed, out, run, progress) for seed in config.seeds}
-        for spec in config.methods:
+        for spec in pair_methods(config, pair):
             for seed in config.seeds:
                 unit = StudyUnit(pair, spec, seed, unit_folder(out, pair.target, spec.label, seed), data,
                                  weights[seed], pretrain)
@@ -199,6 +199,17 @@ def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, c
     if own_run:
         run.finish(metrics=study_headline(results), files=files, echo=progress)
     return summary
+
+
+def pair_methods(config: StudyConfig, pair: PairSpec) -> list[MethodSpec]:
+    """The study's method entries at one pair, each expanded as its method asks (a
+    local-only entry becomes one per source site: ``local_<site>``)."""
+    specs = []
+    for spec in config.methods:
+        for suffix, options in METHODS.get(spec.name).study_entries(pair.sources):
+            label = f"{spec.label}_{suffix}" if suffix else spec.label
+            specs.append(spec.model_copy(update={"options": {**spec.options, **options}, "label": label}))
+    return specs
 
 
 def _pretrained(config: StudyConfig, data: PreparedData, pair: PairSpec, seed: int, out: Path, run, progress: bool):
@@ -322,6 +333,10 @@ def _train_unit(config: StudyConfig, unit: StudyUnit, base: ExperimentConfig, pr
     """The unit's own training, selected by the study's rule: (model, method, best epoch)."""
     rule = SELECTIONS.get(config.selection)
     base.train.early_stopping.metric = rule.metric
+    if METHODS.get(unit.spec.name).federated:  # each source site a client; no case leaves its site
+        from senolab.federated import train_federated
+
+        return train_federated(config, unit, base, progress, callbacks, selection=rule)
     trainer = Trainer(base, unit.data, unit.folder, method=unit.spec.name, method_options=unit.spec.options,
                       target_part="test" if METHODS.get(unit.spec.name).transductive else None,
                       selection=rule.score, callbacks=callbacks)
