@@ -212,6 +212,9 @@ def run_study_command(args: argparse.Namespace) -> int:
     from senolab.runners.study import load_study_config, run_study
 
     config = load_study_config(args.config)
+    overrides = {key: value for key, value in (("name", args.executor), ("address", args.address)) if value}
+    if overrides:  # the flags win over the config's executor section
+        config.executor = config.executor.model_copy(update=overrides)
     out = args.out or Path("runs") / config.name
     run_study(config, out, progress=not args.quiet, tracking_uri=args.tracking_uri)
     print((out / "results.md").read_text())
