@@ -64,7 +64,7 @@ class AdaBN(AdaptationMethod):
     """ERM training; target BatchNorm statistics at inference (Li et al. 2017)."""
 
     transductive = True
-    inference_only = True
+    trains_as = "erm"
 
     def __init__(self, max_batches: int | None = None):
         super().__init__()

@@ -60,9 +60,9 @@ class AdaptationMethod(nn.Module):
       source batch (one forward over their concatenation, so BatchNorm sees both domains as
       one batch, as in DANN's reference implementations) and hands the split outputs over.
     - ``loss_names``: the names of the losses a step returns for a model with every head.
-    - ``inference_only``: trains exactly as ERM and differs only at inference (AdaBN), so
-      a study reuses ERM's trained model of the same target and seed instead of training
-      an identical one again.
+    - ``trains_as``: the method this one trains exactly as, differing only at inference
+      (AdaBN trains as ``"erm"``), so a study reuses that method's trained model of the same
+      target and seed instead of training an identical one again.
     - ``federated``: the study trains it by federated learning across the source sites
       (:mod:`senolab.federated`), each site a client whose data never leaves it; its step
       hook is then what each client runs on its own batches (FedProx's proximal term).
@@ -73,7 +73,7 @@ class AdaptationMethod(nn.Module):
     needs_target: ClassVar[bool] = False
     target_forward: ClassVar[bool] = False
     loss_names: ClassVar[tuple[str, ...]] = ()
-    inference_only: ClassVar[bool] = False
+    trains_as: ClassVar[str | None] = None
     federated: ClassVar[bool] = False
 
     @classmethod

@@ -174,7 +174,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, c
                 unit = StudyUnit(pair, spec, seed, unit_folder(out, pair.target, spec.label, seed), data,
                                  weights[seed], pretrain)
                 erm = _erm_unit(config, unit)
-                if erm is not None:  # train (or find) ERM first: this method only adapts its model
+                if erm is not None:  # train (or find) the model it trains as first: it only adapts that
                     _run_once(config, erm, progress, callbacks=[run.live(erm.name, tags=erm.tags())])
                 result = _run_once(config, unit, progress, callbacks=[run.live(unit.name, tags=unit.tags())], erm=erm)
                 rows.append(result["row"])
@@ -241,8 +241,8 @@ def _log_unit(run, unit: StudyUnit, result: dict, aggregates: dict, on_unit, sec
         files.append(plot_training_curves(pd.read_csv(history), unit.folder / "figures" / CURVES_FILE,
                                           title=f"{unit.spec.label} -> {unit.pair.target}: training",
                                           selected_epoch=int(row["best_epoch"])))
-    else:  # an inference-only method: its epochs are ERM's, logged with the ERM unit
-        history, tags = None, {**tags, "trained_as": "erm"}
+    else:  # a method that trains as another: its epochs are that unit's, logged with it
+        history, tags = None, {**tags, "trained_as": METHODS.get(unit.spec.name).trains_as}
     files += on_unit(unit) if on_unit is not None else []
     run.log_unit(unit.name, metrics=metrics, tags=tags, files=files, history=history,
                  params={"method": {"name": unit.spec.name, **unit.spec.options}, "seed": unit.seed},
@@ -285,7 +285,7 @@ def _run_once(config: StudyConfig, unit: StudyUnit, progress: bool, callbacks=()
               erm: StudyUnit | None = None) -> dict:
     """Train, select, adapt, predict and evaluate one unit; a unit with ``done.json`` is
     done and read back (a half-trained one resumes from its ``last.pt``). ``erm``: the
-    finished ERM unit whose trained model an inference-only method adapts instead of
+    finished unit (ERM for AdaBN) whose trained model a ``trains_as`` method adapts instead of
     training its own."""
     done = done_record(unit.folder)
     if done is not None:
@@ -345,8 +345,8 @@ def _train_unit(config: StudyConfig, unit: StudyUnit, base: ExperimentConfig, pr
 
 
 def _erm_model(erm: StudyUnit, spec: MethodSpec, base: ExperimentConfig):
-    """ERM's trained model of the same target and seed, for a method that trains as ERM
-    does (``inference_only``): (model, the method, ERM's best epoch)."""
+    """The trained model of the unit this one ``trains_as`` (ERM's for AdaBN), same target
+    and seed: (model, this unit's method, that unit's best epoch)."""
     method = METHODS.build(spec.name, **spec.options)
     model = load_packaged_model(erm.folder / PACKAGE, erm.data).to(pick_device(base.train.device))
     best_epoch = done_record(erm.folder)["row"]["best_epoch"]
@@ -354,10 +354,12 @@ def _erm_model(erm: StudyUnit, spec: MethodSpec, base: ExperimentConfig):
 
 
 def _erm_unit(config: StudyConfig, unit: StudyUnit) -> StudyUnit | None:
-    """The plain ERM unit an inference-only method can reuse, if the study has one."""
-    if not METHODS.get(unit.spec.name).inference_only:
+    """The unit whose trained model this one reuses (its method's ``trains_as``, an entry of
+    the study without options), if the study has it."""
+    trains_as = METHODS.get(unit.spec.name).trains_as
+    if trains_as is None:
         return None
-    erm = next((m for m in config.methods if m.name == "erm" and not m.options), None)
+    erm = next((m for m in config.methods if m.name == trains_as and not m.options), None)
     if erm is None:
         return None
     study_dir = unit.folder.parents[3]
