@@ -2,7 +2,8 @@
 a cycle hidden inside a function is still a cycle):
 
     utilities (errors, paths, registry, checkpoint, _optional, senolab/__init__)
-      < cohorts < radiomics < models < fusion, adaptation < pretrain < engine < runners < cli
+      < cohorts < radiomics < models < fusion, adaptation < pretrain < engine < federated
+      < runners < cli
 
 evaluation, explain and tracking stand beside the stack: they never import the engine,
 the runners or the command line, and nothing below the engine imports them. The
@@ -19,7 +20,7 @@ from conftest import REPO
 PACKAGE = REPO / "senolab"
 RANK = {name: 0 for name in ("__init__", "errors", "paths", "registry", "checkpoint", "_optional")}
 RANK |= {"cohorts": 1, "radiomics": 2, "models": 3, "fusion": 4, "adaptation": 4, "pretrain": 5, "engine": 6,
-         "runners": 7, "cli": 8}
+         "federated": 7, "runners": 8, "cli": 9}
 BESIDE = {"evaluation", "explain", "tracking"}  # between fusion/adaptation and the engine
 
 
