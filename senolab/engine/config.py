@@ -357,12 +357,24 @@ class ExecutorConfig(Strict):
     """How a study's runs are carried out (senolab.runners.executors): one after another in
     this process, or each as a Ray task on this machine or a cluster. ``cpus`` and ``gpus``
     are what one run declares; its torch thread count is ``cpus`` under every executor, so
-    both give the same results for the same seeds (None: this machine's torch default)."""
+    both give the same results for the same seeds (None: the process's torch default, which
+    differs between this process and a Ray worker). A study folder resumes under another
+    executor or address, not under other ``cpus``."""
 
     name: Literal["sequential", "ray"] = "sequential"
     address: str | None = None  # a Ray cluster to join ("auto", "ray://host:10001"); None starts a local one
     cpus: int | None = Field(None, ge=1)
-    gpus: float = Field(0.0, ge=0)
+    gpus: float = Field(0.0, ge=0)  # per Ray task; a fraction shares a GPU between runs
+
+    @model_validator(mode="after")
+    def _address_is_for_ray(self):
+        if self.address is not None and self.name != "ray":
+            raise ValueError(f"address {self.address!r} is a Ray cluster's: it needs name: ray (--executor ray)")
+        return self
+
+
+# A search space's entries: option -> {kind: values}; the kinds Ray Tune samples from.
+SEARCH_KINDS = {"uniform": "[low, high]", "loguniform": "[low, high], low > 0", "choice": "[value, ...]"}
 
 
 class TuneSpec(Strict):
@@ -373,6 +385,21 @@ class TuneSpec(Strict):
     space: dict[str, Any]  # option -> {uniform: [lo, hi]}, {loguniform: [lo, hi]} or {choice: [...]}
     trials: int = Field(8, ge=1)
     epochs: int | None = Field(None, ge=1)  # per trial (default: the study's train.epochs)
+
+    @field_validator("space")
+    @classmethod
+    def _known_kinds(cls, space: dict) -> dict:
+        if not space:
+            raise ValueError("space is empty: give option: {uniform: [low, high]} (or loguniform, choice)")
+        for option, entry in space.items():
+            kind, values = next(iter(entry.items())) if isinstance(entry, dict) and len(entry) == 1 else (None, None)
+            if kind not in SEARCH_KINDS or not isinstance(values, list) or not values:
+                raise ValueError(f"space.{option}: expected one of " + ", ".join(
+                    f"{{{k}: {v}}}" for k, v in SEARCH_KINDS.items()) + f"; got {entry!r}")
+            if kind != "choice" and (len(values) != 2 or not all(isinstance(v, (int, float)) for v in values)
+                                     or values[0] >= values[1] or (kind == "loguniform" and values[0] <= 0)):
+                raise ValueError(f"space.{option}: {kind} needs {SEARCH_KINDS[kind]}, low < high; got {values}")
+        return space
 
 
 class StudyConfig(Strict):
@@ -410,6 +437,18 @@ class StudyConfig(Strict):
         if self.pretrain is not None:
             check_method_fits(self.pretrain.options().method, self.base.model.encoder,
                               self.base.model.encoder_options)
+        return self
+
+    @model_validator(mode="after")
+    def _tuned_methods_are_entries(self):
+        labels = [m.label for m in self.methods]
+        tuned = [spec.method for spec in self.tune]
+        unknown = [label for label in tuned if label not in labels]
+        if unknown:
+            raise ValueError(f"tune: methods {unknown} are not entries of methods (labels: {labels})")
+        twice = sorted({label for label in tuned if tuned.count(label) > 1})
+        if twice:
+            raise ValueError(f"tune: {twice} tuned more than once; give one search space per method entry")
         return self
 
     @model_validator(mode="after")

@@ -34,11 +34,20 @@ images or on those plus the unlabelled target images; every method of that targe
 fine-tunes from it. Pretraining on the target's images is transductive: every result row
 and tag of such a study says so (``transductive``, and ``pretrain`` names the pool).
 
+The runs are carried out by the config's executor (:mod:`senolab.runners.executors`):
+one after another in this process (``sequential``, the default) or each as a Ray task on
+this machine or a cluster (``ray``); both give the same results when ``executor.cpus``
+fixes each run's torch threads. With a ``tune:`` section, a method's options are first
+searched per pair with Ray Tune on source validation only (:mod:`senolab.runners.tuning`).
+
 Each run writes ``runs/<target>/<method>/seed<k>/``; a run with ``done.json`` is done
 and skipped when the study is started again, and a half-trained run resumes from its
-``last.pt``, so a killed study continues where it stopped. ``study.yaml`` records the
-config: a study folder is only resumed with the same one (another is refused, naming the
-keys that differ).
+``last.pt``, so a killed study continues where it stopped. A run that raises is recorded
+(``error.json`` with its traceback, the ``failed`` section of summary.json and results.md)
+while the others finish; the study then raises :class:`StudyRunsFailed`, and a rerun
+retries the failed runs. ``study.yaml`` records the config: a study folder is only resumed
+with the same one (another is refused, naming the keys that differ; the executor's name and
+address may change, its ``cpus`` may not).
 """
 from __future__ import annotations
 
@@ -67,6 +76,7 @@ from senolab.evaluation.plots import plot_training_curves
 from senolab.evaluation.report import SUMMARY_FILE, WORST, json_safe, load_summary, worst_sites
 from senolab.paths import writable_folder
 from senolab.registry import Registry
+from senolab.runners.executors import EXECUTORS, Failure, RunBoard, StudyJob, Task
 from senolab.runners.packaged import load_packaged_model, save_package
 from senolab.tracking.runfolder import claim_folder, done_record, mark_done
 from senolab.tracking.provenance import part_datasets, table_fingerprint
@@ -151,54 +161,213 @@ def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, c
               on_unit: Callable[[StudyUnit], list[Path]] | None = None) -> dict:
     """Every (target, method, seed) run of the study; ``cohort`` skips loading it again.
 
-    Tracked in MLflow as it runs: a parent run for the study (in ``run``, the caller's run
-    directory, or one of the study folder's own) and a child per unit with its epochs live.
-    ``on_unit(unit)`` runs after a unit is trained and evaluated and before it is logged
-    (the main job explains it there) and returns files to log with it.
+    The runs are planned here, carried out by the config's executor
+    (:mod:`senolab.runners.executors`: one after another here, or as Ray tasks) and handed
+    back as they finish. Tracked in MLflow from here: a parent run for the study (in
+    ``run``, the caller's run directory, or one of the study folder's own) and a child per
+    unit (its epochs live under the sequential executor). ``on_unit(unit)`` runs after a
+    unit is trained and evaluated and before it is logged (the main job explains it there)
+    and returns files to log with it. A failing run is recorded (its ``error.json``, the
+    ``failed`` section of summary.json and results.md) while the others finish; the study
+    then raises :class:`StudyRunsFailed` naming them, and a rerun retries them.
     """
     out = writable_folder(Path(out_dir).absolute(), "study folder")
-    claim_folder(out, config.model_dump(), "study.yaml", command="senolab study")
+    check_executor(config)
+    claim_folder(out, config.model_dump(), "study.yaml", ignore=EXECUTION_KEYS, command="senolab study")
     cohort = cohort if cohort is not None else load_cohorts(config.base.data, progress)
     own_run = run is None
     if own_run:
         run = RunDir.open_or_create(out, config.name, config.model_dump(), tracking_uri=tracking_uri, track=track,
                                     data_fingerprint=table_fingerprint(cohort.table), command="study")
     pairs = study_pairs(config, sorted(cohort.table["site"].unique()))
-    rows, cases, per_unit, clinical = [], [], {}, {}
+    planned, tuning = [], {}
     pretrain = config.pretrain.on if config.pretrain is not None else "none"
     for pair in pairs:
         data = pair_data(config, cohort, pair)
         weights = {seed: _pretrained(config, data, pair, seed, out, run, progress) for seed in config.seeds}
-        for spec in pair_methods(config, pair):
+        specs, tuning[pair.target] = tuned_methods(config, pair, data, weights[config.seeds[0]], out, progress)
+        for spec in specs:
             for seed in config.seeds:
                 unit = StudyUnit(pair, spec, seed, unit_folder(out, pair.target, spec.label, seed), data,
                                  weights[seed], pretrain)
-                erm = _erm_unit(config, unit)
-                if erm is not None:  # train (or find) the model it trains as first: it only adapts that
-                    _run_once(config, erm, progress, callbacks=[run.live(erm.name, tags=erm.tags())])
-                result = _run_once(config, unit, progress, callbacks=[run.live(unit.name, tags=unit.tags())], erm=erm)
-                rows.append(result["row"])
-                cases.append(pd.read_parquet(unit.folder / "predictions.parquet"))
-                unit_summary = load_summary(unit.folder / SUMMARY_FILE)
-                aggregates = unit_summary["aggregates"][spec.label]
-                per_unit.setdefault((spec.label, seed), {})[pair.target] = aggregates[pair.target]
-                sections = {name: unit_summary[name] for name in SECTIONS if name in unit_summary}
-                clinical.setdefault((spec.label, seed), {})[pair.target] = sections
-                if not run.is_logged(unit.name):
-                    _log_unit(run, unit, result, aggregates, on_unit, sections)
-    unit_tables, cases = cases, pd.concat(cases, ignore_index=True)
+                planned.append(Task(unit, _erm_unit(config, unit)))
+    outcomes = _carry_out(config, out, planned, run, progress, on_unit)
+    failed = [_failure_entry(task, outcomes[task.name]) for task in planned if isinstance(outcomes[task.name], Failure)]
+    notes = study_notes(config, failed, tuning)
+    finished = [task for task in planned if not isinstance(outcomes[task.name], Failure)]
+    summary, files = _aggregate(config, out, finished, outcomes, cohort, pairs, notes)
+    files += [path for per_target in tuning.values() for path in per_target.values()]
+    if own_run:
+        run.finish(metrics=study_headline(pd.read_csv(out / "results.csv")) if finished else {}, files=files,
+                   echo=progress)
+    if failed:
+        raise StudyRunsFailed(failed)
+    return summary
+
+
+# Config keys that change how the runs are carried out, not their results: a study folder
+# resumes under another executor or cluster (executor.cpus is compared: it changes results).
+EXECUTION_KEYS = ("executor.name", "executor.address")
+
+
+class StudyRunsFailed(RuntimeError):
+    """Some runs of a study failed; each is recorded in its folder's error.json and the
+    study's summary. The others finished; a rerun of the study retries the failed ones."""
+
+    def __init__(self, failed: list[dict]):
+        self.failed = failed
+        named = "; ".join(f"{entry['run']} ({entry['error']})" for entry in failed)
+        super().__init__(f"{len(failed)} run(s) of the study failed: {named}. Each folder's error.json holds the "
+                         "traceback; run the study again to retry them")
+
+
+def check_executor(config: StudyConfig) -> None:
+    """The executor section as given (flags included), checked before any work."""
+    from senolab.engine.config import ExecutorConfig, validate
+
+    validate(ExecutorConfig, config.executor.model_dump(), "executor")
+
+
+def _carry_out(config: StudyConfig, out: Path, planned: list[Task], run: RunDir, progress: bool,
+               on_unit) -> dict[str, dict | Failure]:
+    """Each planned run's outcome, by unit name: runs done before are read back, the others
+    are handed to the executor (a run that trains as another after that one) and each is
+    recorded (error.json) and logged to MLflow as it comes back."""
+    outcomes: dict[str, dict | Failure] = {}
+    pending = []
+    for task in planned:
+        done = done_record(task.unit.folder)
+        if done is None:
+            pending.append(task)
+        else:
+            outcomes[task.name] = done
+            _log_once(run, task.unit, done, on_unit)
+    pending.sort(key=lambda task: task.base is not None)  # the runs others train as first
+    board = RunBoard(len(planned), len(planned) - len(pending), progress)
+    job = StudyJob(config, out, _run_task, live=lambda unit: [run.live(unit.name, tags=unit.tags())],
+                   progress=progress)
+    for task, outcome in EXECUTORS.get(config.executor.name)(job, pending, board):
+        outcomes[task.name] = outcome
+        _record_outcome(task.unit, outcome)
+        if not isinstance(outcome, Failure):
+            _log_once(run, task.unit, outcome, on_unit)
+        board.finished(task.name, failed=isinstance(outcome, Failure))
+    board.close()
+    return outcomes
+
+
+def _run_task(config: StudyConfig, task: Task, progress: bool, callbacks: list) -> dict:
+    """What an executor runs for one task (in this process or a Ray worker)."""
+    return _run_once(config, task.unit, progress, callbacks=callbacks, erm=task.base)
+
+
+ERROR_FILE = "error.json"
+
+
+def _record_outcome(unit: StudyUnit, outcome: dict | Failure) -> None:
+    """A failed run's error.json (its traceback); a run that succeeds on a retry loses it."""
+    path = unit.folder / ERROR_FILE
+    if isinstance(outcome, Failure):
+        unit.folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"run": unit.name, "error": outcome.error, "host": outcome.host,
+                                    "traceback": outcome.traceback}, indent=1) + "\n")
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _failure_entry(task: Task, failure: Failure) -> dict:
+    unit = task.unit
+    return {"run": unit.name, "target_site": unit.pair.target, "method": unit.spec.label, "seed": unit.seed,
+            "error": failure.error, "error_file": str(unit.folder / ERROR_FILE)}
+
+
+def _log_once(run: RunDir, unit: StudyUnit, result: dict, on_unit) -> None:
+    if not run.is_logged(unit.name):
+        aggregates, sections = _unit_evaluation(unit)
+        _log_unit(run, unit, result, aggregates, on_unit, sections)
+
+
+def _unit_evaluation(unit: StudyUnit) -> tuple[dict, dict]:
+    """The unit's target-site aggregates and clinical sections, from its summary.json."""
+    unit_summary = load_summary(unit.folder / SUMMARY_FILE)
+    sections = {name: unit_summary[name] for name in SECTIONS if name in unit_summary}
+    return unit_summary["aggregates"][unit.spec.label][unit.pair.target], sections
+
+
+def _aggregate(config: StudyConfig, out: Path, finished: list[Task], outcomes: dict, cohort, pairs: list[PairSpec],
+               notes: dict) -> tuple[dict, list[Path]]:
+    """The study's tables, summary and figures from its finished runs (in plan order)."""
+    if not finished:  # every run failed: the summary names them, there is nothing to tabulate
+        summary = json_safe({"config": config.model_dump(), **notes})
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
+        (out / "results.md").write_text(notes_markdown(notes))
+        return summary, [out / SUMMARY_FILE, out / "results.md"]
+    rows, unit_tables, per_unit, clinical = [], [], {}, {}
+    for task in finished:
+        unit = task.unit
+        rows.append(outcomes[task.name]["row"])
+        unit_tables.append(pd.read_parquet(unit.folder / "predictions.parquet"))
+        aggregates, sections = _unit_evaluation(unit)
+        per_unit.setdefault((unit.spec.label, unit.seed), {})[unit.pair.target] = aggregates
+        clinical.setdefault((unit.spec.label, unit.seed), {})[unit.pair.target] = sections
+    cases = pd.concat(unit_tables, ignore_index=True)
     results = pd.DataFrame(rows)
     results["auc_p_vs_erm"] = paired_delong_vs_erm(results, cases)
     results.to_csv(out / "results.csv", index=False)
-    (out / "results.md").write_text(results_markdown(results) + "\n" + operating_markdown(results))
-    summary = _summary(config, per_unit, cases, out, skipped_records(cohort), clinical)
+    (out / "results.md").write_text(results_markdown(results) + "\n" + operating_markdown(results)
+                                    + notes_markdown(notes))
+    summary = _summary(config, per_unit, cases, out, skipped_records(cohort), clinical, notes)
     files = [out / "results.csv", out / "results.md", out / SUMMARY_FILE, *clinical_figures(out, clinical)]
     files += write_recalibration(out, unit_tables)
-    if config.embedding_figure:
+    if config.embedding_figure and len(finished) == len(outcomes):
         files.append(embedding_figure(out, pairs, config))
-    if own_run:
-        run.finish(metrics=study_headline(results), files=files, echo=progress)
-    return summary
+    return summary, files
+
+
+TIME_BUDGET_NOTE = ("train.time_budget_s is set: how far each run trained depends on the machine's speed and on "
+                    "the resources the executor gives each run (executor.cpus, executor.gpus), so these results "
+                    "hold for this machine and executor; another may train more or fewer steps")
+
+
+def study_notes(config: StudyConfig, failed: list[dict], tuning: dict[str, dict[str, Path]]) -> dict:
+    """What summary.json and results.md say beside the results: failed runs, the time
+    budget's dependence on the machine, the tuned options."""
+    notes: dict = {"failed": failed}
+    if config.base.train.time_budget_s is not None:
+        notes["time_budget"] = TIME_BUDGET_NOTE
+    if any(tuning.values()):
+        notes["tuning"] = {target: {label: json.loads(path.read_text()) for label, path in per_label.items()}
+                           for target, per_label in tuning.items() if per_label}
+    return notes
+
+
+def notes_markdown(notes: dict) -> str:
+    lines = []
+    if notes.get("time_budget"):
+        lines += ["", f"Note: {notes['time_budget']}."]
+    for target, per_label in notes.get("tuning", {}).items():
+        for label, record in per_label.items():
+            lines += ["", f"Tuned on source validation at target {target}: {label} uses {record['chosen']} "
+                          f"(best of {len(record['trials'])} trials, val_score {number_text(record['best_val_score'])})"]
+    if notes["failed"]:
+        lines += ["", "## Failed runs", "", "| run | error |", "|---|---|"]
+        lines += [f"| {entry['run']} | {entry['error']} |" for entry in notes["failed"]]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def tuned_methods(config: StudyConfig, pair: PairSpec, data: PreparedData, weights: Path | None, out: Path,
+                  progress: bool) -> tuple[list[MethodSpec], dict[str, Path]]:
+    """The pair's method entries, those with a ``tune:`` entry carrying the options chosen
+    for this pair on source validation (:mod:`senolab.runners.tuning`); and the records."""
+    if not config.tune:
+        return pair_methods(config, pair), {}
+    from senolab.runners.tuning import tune_method
+
+    records = {spec.method: tune_method(config, spec, pair, data, weights, out, progress) for spec in config.tune}
+    chosen = {label: json.loads(path.read_text())["chosen"] for label, path in records.items()}
+    methods = [m.model_copy(update={"options": {**m.options, **chosen[m.label]}}) if m.label in chosen else m
+               for m in config.methods]
+    return pair_methods(config.model_copy(update={"methods": methods}), pair), records
 
 
 def pair_methods(config: StudyConfig, pair: PairSpec) -> list[MethodSpec]:
@@ -597,10 +766,11 @@ def _p(value) -> str:
 
 
 def _summary(config: StudyConfig, per_unit: dict, cases: pd.DataFrame, out: Path, skipped: list[dict],
-             clinical: dict) -> dict:
+             clinical: dict, notes: dict) -> dict:
     """summary.json of the study: per method (and seed, when there are several) the target
     sites' aggregates as each unit's evaluation gave them, and the worst target site; its
-    operating points (with the source thresholds) and calibration per target site."""
+    operating points (with the source thresholds) and calibration per target site; the
+    ``notes`` (:func:`study_notes`: failed runs, the time-budget note, tuning)."""
     aggregates: dict[str, dict] = {}
     operating: dict[str, dict] = {}
     calibration: dict[str, dict] = {}
@@ -618,7 +788,7 @@ def _summary(config: StudyConfig, per_unit: dict, cases: pd.DataFrame, out: Path
             if c in cases.columns]
     summary = json_safe({"config": config.model_dump(), "aggregates": aggregates,
                          "operating_points": operating, "calibration": calibration,
-                         "cases": cases[keep].to_dict(orient="records"), "skipped": skipped})
+                         "cases": cases[keep].to_dict(orient="records"), "skipped": skipped, **notes})
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
     return summary
 
