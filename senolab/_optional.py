@@ -22,6 +22,8 @@ EXTRAS = {
     "timm": "timm",
     "safetensors": "timm",
     "lightly": "ssl",
+    "ray": "scale",
+    "flwr": "federated",
 }
 
 

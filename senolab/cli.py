@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from senolab.errors import InputError
+    from senolab.errors import InputError, WorkFailed
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         # a bad config, dataset, path or option: the message names it and what was expected
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except WorkFailed as err:  # recorded in the output folder; the rest of the work finished
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -209,6 +209,7 @@ def run_stress(args: argparse.Namespace) -> int:
 
 
 def run_study_command(args: argparse.Namespace) -> int:
+    from senolab.errors import WorkFailed
     from senolab.runners.study import load_study_config, run_study
 
     config = load_study_config(args.config)
@@ -216,7 +217,12 @@ def run_study_command(args: argparse.Namespace) -> int:
     if overrides:  # the flags win over the config's executor section
         config.executor = config.executor.model_copy(update=overrides)
     out = args.out or Path("runs") / config.name
-    run_study(config, out, progress=not args.quiet, tracking_uri=args.tracking_uri)
+    try:
+        run_study(config, out, progress=not args.quiet, tracking_uri=args.tracking_uri)
+    except WorkFailed:  # some runs failed, the others finished: their table first, then the error
+        if (out / "results.md").is_file():
+            print((out / "results.md").read_text())
+        raise
     print((out / "results.md").read_text())
     print("local recalibration, which USES k TARGET LABELS (kept apart): recalibration.md, recalibration.csv")
     print(f"study written to {out.resolve()}")

@@ -34,7 +34,8 @@ def run_main(config: RunConfig, out_dir: str | Path, progress: bool = True) -> d
     from senolab.tracking.runfolder import claim_folder
 
     out = writable_folder(Path(out_dir).absolute(), "run folder")
-    claim_folder(out, config.model_dump(), ignore=TRACKING_KEYS, command="senolab run")
+    claim_folder(out, config.model_dump(), ignore=(*TRACKING_KEYS, "study.executor.name", "study.executor.address"),
+                 command="senolab run")
     steps = _Steps(progress)
     cohort = steps.run("cohorts", lambda: load_cohorts(config.study.base.data, progress))
     run = RunDir.open_or_create(out, config.name, config.model_dump(), tracking_uri=config.tracking_uri,
