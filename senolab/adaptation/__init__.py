@@ -13,5 +13,5 @@ __all__ = lazy_package(__name__, exports={
     "quality": ["TranslationQuality", "translation_quality"],
     "wall": ["TargetBatch", "TargetLabelAccess", "Unlabelled", "strip_labels"],
 }, registries={
-    "base": ["adabn", "alignment", "dann", "entropy", "harmonise", "self_training"],
+    "base": ["adabn", "alignment", "dann", "entropy", "federated", "harmonise", "self_training"],
 })
