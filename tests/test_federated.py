@@ -100,6 +100,21 @@ def test_fedbn_keeps_batch_norm_at_the_client():
     assert not any(k.endswith("num_batches_tracked") for k in fedavg.shared)  # counters never travel
 
 
+def test_a_hospital_writes_its_site_file_from_its_own_data_config(tmp_path):
+    from senolab.federated.site import main, read_site
+
+    config = tmp_path / "data.yaml"
+    config.write_text(yaml.safe_dump({"data": {"synthetic": {"n_sites": 2, "images_per_site": 20, "image_size": 64},
+                                               "image_size": 32, "split": {"val_fraction": 0.25}}}))
+    main(["--config", str(config), "--site", "site_b", "--out", str(tmp_path / "site")])
+    site, data = read_site(str(tmp_path / "site" / "site.pkl"))
+    assert site == "site_b" and set(data.cohort.table["site"]) == {"site_b"}  # nothing of site_a
+    assert set(data.parts) == {"train", "val"} and len(data.parts) == 20
+    assert set(data.cohort.arrays) == set(data.cohort.table["case_id"])
+    with pytest.raises(ValueError, match="no case at site 'site_z'"):
+        main(["--config", str(config), "--site", "site_z", "--out", str(tmp_path / "z")])
+
+
 # ------------------------------------------------------------------ the data wall, record by record
 
 SHAPES = {"w": (2, 3), "bn.running_mean": (3,)}

@@ -89,8 +89,8 @@ def make_client_app(site_files: Sequence[str] | None = None) -> ClientApp:
     def train(message: Message, context: Context) -> Message:
         torch.set_num_threads(1)  # one CPU per client
         path = site_path(context, site_files)
-        plan, round_ = _plan(message)
-        trainer = client_trainer(str(message.content[CONFIG]["plan"]), path).start_round()
+        plan_text, plan, round_ = _plan(message)
+        trainer = client_trainer(plan_text, path).start_round()
         layout = model_layout(trainer.model, trainer.method)
         state = ClientState(Path(path).parent)
         load_round_model(trainer.model, message.content[ARRAYS].to_torch_state_dict(), state.at(round_ - 1))
@@ -106,8 +106,8 @@ def make_client_app(site_files: Sequence[str] | None = None) -> ClientApp:
         torch.set_num_threads(1)
         path = site_path(context, site_files)
         _, data = read_site(path)
-        _, round_ = _plan(message)
-        trainer = client_trainer(str(message.content[CONFIG]["plan"]), path).trainer
+        plan_text, _, round_ = _plan(message)
+        trainer = client_trainer(plan_text, path).trainer
         load_round_model(trainer.model, message.content[ARRAYS].to_torch_state_dict(),
                          ClientState(Path(path).parent).at(round_))
         metrics = validation_metrics(trainer.model, data, trainer.method, trainer.config.train.batch_size, trainer.device)
@@ -119,8 +119,8 @@ def make_client_app(site_files: Sequence[str] | None = None) -> ClientApp:
         """FedBN's one release: this site's BatchNorm entries of the asked round."""
         path = site_path(context, site_files)
         _, data = read_site(path)
-        plan, round_ = _plan(message)
-        layout = plan_layout(json.dumps(plan), path)
+        plan_text, _, round_ = _plan(message)
+        layout = plan_layout(plan_text, path)
         kept = ClientState(Path(path).parent).at(round_) or {}
         arrays = {k: v for k, v in kept.items() if k in layout.local}
         metrics = {"num-examples": len(data.case_ids("train")), PARTITION: _partition(context)}
@@ -129,9 +129,11 @@ def make_client_app(site_files: Sequence[str] | None = None) -> ClientApp:
     return app
 
 
-def _plan(message: Message) -> tuple[dict, int]:
+def _plan(message: Message) -> tuple[str, dict, int]:
+    """The message's plan (as sent, and read) and round."""
     config = message.content[CONFIG]
-    return json.loads(str(config["plan"])), int(config["server-round"])
+    text = str(config["plan"])
+    return text, json.loads(text), int(config["server-round"])
 
 
 def _partition(context: Context) -> int:

@@ -139,6 +139,7 @@ def serve(grid, federation: Federation, callbacks: Sequence[object] = (), progre
     if _optimiser(strategy) is not None and state.optimiser:
         for key, value in state.optimiser.items():
             setattr(_optimiser(strategy), key, value)
+    _wait_for_sites(grid, len(federation.sites), federation.round_timeout_s)  # not counted as training time
     _notify(callbacks, "on_fit_start", federation)
     spent = state.history[-1]["seconds"] if state.history else 0.0
     for round_ in range(state.round + 1, federation.rounds + 1):
@@ -161,8 +162,9 @@ def serve(grid, federation: Federation, callbacks: Sequence[object] = (), progre
         row = _round_row(round_, federation.sites, replies, evaluations, sent + asked, spent)
         state.history.append(row)
         state.round = round_
-        if row["val_score"] > state.best_score:
-            state.best_round, state.best_score = round_, row["val_score"]
+        score = row["val_score"] if np.isfinite(row["val_score"]) else float("-inf")  # no class mix: never better
+        if score > state.best_score or state.best_round == 0:
+            state.best_round, state.best_score = round_, score
             save_checkpoint(folder / "best.pt", arrays=_tensors(state.arrays), round=round_, score=row["val_score"])
         optimiser = _optimiser(strategy)
         state.optimiser = ({key: getattr(optimiser, key) for key in ("m_t", "v_t")} if optimiser is not None else {})
@@ -180,6 +182,14 @@ def serve(grid, federation: Federation, callbacks: Sequence[object] = (), progre
         result["local"] = _tensors(_averaged_local_norms(grid, federation, best["round"], shapes, set(initial["local"])))
     save_checkpoint(folder / RESULT_FILE, **result)
     return state
+
+
+def _wait_for_sites(grid, n_sites: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(list(grid.get_node_ids())) < n_sites:
+        if time.monotonic() > deadline:
+            raise FederationError(f"{len(list(grid.get_node_ids()))} of {n_sites} sites connected within {timeout_s:.0f} s")
+        time.sleep(0.2)
 
 
 def _array(value: np.ndarray):
@@ -254,7 +264,7 @@ def _weighted(replies: list, wanted: Callable[[str], bool]) -> dict[str, float]:
     keys = sorted({k for r in replies for k in r.content[METRICS].keys() if wanted(k)})
     for key in keys:
         pairs = [(float(r.content[METRICS][key]), float(r.content[METRICS]["num-examples"])) for r in replies]
-        pairs = [(v, w) for v, w in pairs if np.isfinite(v)]
+        pairs = [(v, w) for v, w in pairs if np.isfinite(v) and w > 0]
         out[key] = sum(v * w for v, w in pairs) / sum(w for _, w in pairs) if pairs else float("nan")
     return out
 

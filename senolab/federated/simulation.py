@@ -9,6 +9,7 @@ best round. The ClientApp and ServerApp are the ones a real deployment runs
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -65,11 +66,14 @@ def backend_config(n_clients: int) -> dict:
 
 def simulate(federation: Federation, site_files: list[str], callbacks=(), progress: bool = False) -> dict:
     """Run ``federation`` with Flower's simulation engine; its result (best round's arrays,
-    FedBN's averaged norms) as saved in its folder."""
-    from flwr.simulation import run_simulation
+    FedBN's averaged norms; ``federated.pt``) as saved in its folder."""
+    from senolab._optional import require
 
+    run_simulation = require("flwr.simulation").run_simulation  # names the `federated` extra when missing
     from senolab.federated.apps import make_client_app, make_server_app
 
+    if not progress:  # Flower logs every round's sampling and aggregation at INFO
+        logging.getLogger("flwr").setLevel(logging.WARNING)
     run_simulation(server_app=make_server_app(federation, callbacks, progress),
                    client_app=make_client_app(site_files), num_supernodes=len(site_files),
                    backend_config=backend_config(len(site_files)))
@@ -92,11 +96,15 @@ def train_federated(config, unit, base: ExperimentConfig, progress: bool, callba
         raise ConfigError(f"methods: {unit.spec.label} trains at {unknown}, which are not source sites "
                           f"{unit.pair.sources}")
     clients = Path(unit.folder) / CLIENTS
-    site_files = [str(write_site(unit.data, site, clients / site)) for site in sites]
-    federation = plan_federation(base, unit.data, unit.spec.name, unit.spec.options, sites, unit.folder)
-    result = simulate(federation, site_files, callbacks, progress)
+    result_file = Path(unit.folder) / RESULT_FILE
+    if not result_file.exists():  # written once the federation's last round (and FedBN's norms) is done
+        site_files = [str(write_site(unit.data, site, clients / site)) for site in sites]
+        federation = plan_federation(base, unit.data, unit.spec.name, unit.spec.options, sites, unit.folder)
+        simulate(federation, site_files, callbacks, progress)
+    result = load_checkpoint(result_file, "cpu")
     seed_everything(base.train.seed)
     model = model_from_config(base, unit.data)
     load_round_model(model, result["arrays"], result["local"])
     shutil.rmtree(clients, ignore_errors=True)
+    (Path(unit.folder) / INITIAL_FILE).unlink(missing_ok=True)
     return model.to(pick_device(base.train.device)), method, int(result["round"]) - 1

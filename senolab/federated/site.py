@@ -69,14 +69,27 @@ def read_site(path: str) -> tuple[str, PreparedData]:
 
 def prepare_site(config_path: str | Path, site: str, out: str | Path) -> Path:
     """A hospital's site file from its own data config: its cohort's cases at ``site``,
-    split into training and validation patients (``data.split.val_fraction``)."""
+    its patients split into training and validation (``data.split.val_fraction``). The
+    metadata encoder is fitted on its training cases; radiomics inputs are not carried."""
+    from senolab.cohorts.splits import holdout
     from senolab.engine.config import ExperimentConfig, read_yaml_mapping, validate
-    from senolab.engine.data import prepare
+    from senolab.engine.data import CLASSES, load_cohorts
+    from senolab.cohorts.tabular import MetadataEncoder
 
     raw = read_yaml_mapping(config_path)
-    data_config = validate(ExperimentConfig, {"data": (raw.get("base") or raw).get("data", {})}, str(config_path)).data
-    split = data_config.split.model_copy(update={"kind": "holdout", "test_fraction": 0.0})
-    data = prepare(data_config.model_copy(update={"split": split}), progress=True)
+    config = validate(ExperimentConfig, {"data": (raw.get("base") or raw).get("data", {})}, str(config_path)).data
+    cohort = load_cohorts(config, progress=True)
+    rows = cohort.table[cohort.table["site"] == site].reset_index(drop=True)
+    if rows.empty:
+        raise ValueError(f"{config_path}: no case at site {site!r} (sites: {sorted(cohort.table['site'].unique())})")
+    own = type(cohort)(cohort.name, rows, cohort.columns, {}, [], cohort.root,
+                       {case: pixels for case, pixels in cohort.arrays.items() if case in set(rows["case_id"])})
+    parts = holdout(rows, config.split.val_fraction, seed=config.split.seed).map({"train": "train", "test": "val"})
+    metadata = None
+    if own.columns:
+        train_rows = rows[rows["case_id"].isin(parts.index[parts == "train"])]
+        metadata = MetadataEncoder(own.columns, config.metadata_inputs, config.opt_in_outcomes).fit(train_rows)
+    data = PreparedData(own, parts, CLASSES[config.classes], metadata, None, [site], config.image_size, config.augment)
     return write_site(data, site, out)
 
 
