@@ -190,6 +190,23 @@ class TrainConfig(Strict):
         """Whether the backbone trains otherwise than the heads (its own parameter groups)."""
         return self.freeze_encoder_epochs > 0 or self.encoder_lr_scale != 1.0 or self.layer_decay is not None
 
+    @model_validator(mode="after")
+    def _global_batch_divides(self):
+        if self.batch_size % self.devices:
+            raise ValueError(f"train.batch_size {self.batch_size} is the global batch, shared by train.devices "
+                             f"{self.devices} processes: it must be a multiple of {self.devices}")
+        return self
+
+    @model_validator(mode="after")
+    def _cpu_precision(self):
+        # on device 'auto' the same checks run when the device is known (senolab.engine.distributed)
+        if self.device == "cpu" and self.precision == "16-mixed":
+            raise ValueError("train.precision '16-mixed' needs a CUDA GPU (float16 with a gradient scaler); "
+                             "on CPU use 'bf16-mixed' or '32'")
+        if self.device == "cpu" and self.sync_batchnorm and self.devices > 1:
+            raise ValueError("train.sync_batchnorm needs CUDA GPUs: PyTorch's SyncBatchNorm does not run on CPU")
+        return self
+
 
 class EvaluationConfig(Strict):
     bootstrap: int = Field(1000, ge=0)

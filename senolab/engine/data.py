@@ -6,13 +6,14 @@ near-duplicate group before anything is trained.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from senolab.cohorts.dataset import BINARY, CohortDataset
 from senolab.cohorts.dedup import mark_duplicates
@@ -157,6 +158,30 @@ def _per_cohort_test(table: pd.DataFrame, split: SplitConfig, cohort: Cohort | N
     return test
 
 
+class ShardSampler(Sampler[int]):
+    """One rank's share of the order a one-process loader would use, so that batch k of a
+    one-process run (global batch B) is the union of the ranks' batches k (B / world_size each).
+
+    The order is drawn from the loader's own generator exactly as ``DataLoader(shuffle=True)``
+    draws it (``randperm`` after the loader's base seed), so reseeding that generator each
+    epoch (the trainer's ``_seed_epoch``) gives every rank the same permutation as a run on
+    one device. Rank r takes positions r, r + world_size, ...; like
+    ``DistributedSampler``, the order is padded with its first cases to a multiple of
+    world_size so that every rank runs the same number of steps (DDP's steps are collective).
+    """
+
+    def __init__(self, size: int, rank: int, world_size: int, shuffle: bool, generator: torch.Generator):
+        self.size, self.rank, self.world_size, self.shuffle, self.generator = size, rank, world_size, shuffle, generator
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=self.generator).tolist() if self.shuffle else list(range(self.size))
+        padded = (order * math.ceil(len(self) * self.world_size / max(1, self.size)))[:len(self) * self.world_size]
+        return iter(padded[self.rank::self.world_size])
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.world_size)
+
+
 @dataclass
 class PreparedData:
     cohort: Cohort
@@ -180,10 +205,15 @@ class PreparedData:
         )
 
     def loader(self, part: str, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0,
-               **dataset_options) -> DataLoader:
+               shard: tuple[int, int] = (0, 1), **dataset_options) -> DataLoader:
+        """Batches of ``part``; with ``shard=(rank, world_size)``, this rank's share of each batch
+        (``batch_size`` is then the per-rank batch, see :class:`ShardSampler`)."""
         generator = torch.Generator().manual_seed(seed)
+        dataset = self.dataset(part, seed=seed, **dataset_options)
+        rank, world_size = shard
+        sampler = ShardSampler(len(dataset), rank, world_size, shuffle, generator) if world_size > 1 else None
         return DataLoader(
-            self.dataset(part, seed=seed, **dataset_options), batch_size=batch_size, shuffle=shuffle,
+            dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
             generator=generator, num_workers=num_workers, persistent_workers=num_workers > 0,
         )
 

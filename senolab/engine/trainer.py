@@ -18,6 +18,13 @@ Reproducibility on CPU: the shuffling generator, the augmentation draw and the g
 torch RNG are all re-seeded from (seed, epoch) at the start of each epoch, so a run
 resumed from an epoch checkpoint replays the same batches and dropout masks as one that
 never stopped.
+
+Several devices (``train.devices``, :mod:`senolab.engine.distributed`): the training step
+(model, adaptation method and loss balancer, :class:`TrainingStep`) is wrapped in DDP, each
+rank trains on its share of every global batch (the same shuffled order as one device), and
+rank 0 alone validates, writes the run folder and calls the callbacks; its decisions (early
+stopping, the time spent) are broadcast so every rank stops at the same step. ``train.precision``: the forward pass under autocast
+(bfloat16 or float16, the latter with a gradient scaler), the losses in float32.
 """
 from __future__ import annotations
 
@@ -34,6 +41,7 @@ from tqdm.auto import tqdm
 
 from senolab.adaptation import METHODS, AdaptationMethod
 from senolab.checkpoint import load_checkpoint, save_checkpoint
+from senolab.engine import distributed
 from senolab.engine.config import ExperimentConfig
 from senolab.engine.data import PreparedData
 from senolab.engine.predict import predict, validation_score
@@ -76,6 +84,10 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+# train.precision -> the autocast dtype of the forward pass (None: float32 throughout)
+AUTOCAST = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def seed_everything(seed: int) -> None:
@@ -125,6 +137,33 @@ def freeze_backbone(model: MultiTaskModel, frozen: bool) -> None:
         parameter.requires_grad_(not frozen)
 
 
+class TrainingStep(nn.Module):
+    """The forward half of a training step: the method runs the model on the batch (under
+    autocast when ``autocast_dtype``), and the task losses, in float32, are combined with
+    the method's. Returns (total, task losses, method losses).
+
+    One module holding the model, the method and the balancer, so that on several devices
+    DDP wraps all three: the gradients of a method's own parameters (DANN's domain
+    classifier) and of a balancer's (uncertainty weighting) are averaged like the model's,
+    and a method that runs the model twice in a step (self-training) is still one DDP forward.
+    """
+
+    def __init__(self, model: MultiTaskModel, method: AdaptationMethod, balancer: nn.Module, loss_config,
+                 autocast_dtype: torch.dtype | None):
+        super().__init__()
+        self.model, self.method, self.balancer = model, method, balancer
+        self.loss_config, self.autocast_dtype = loss_config, autocast_dtype
+
+    def forward(self, batch: dict, target: dict | None, step: int, total_steps: int):
+        device = next(self.model.parameters()).device
+        with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            out = self.method(self.model, batch, target, step, total_steps)
+        task_losses = multitask_losses(_float32(out.source_out), batch, self.loss_config)
+        method_losses = _float32(out.losses)
+        total = self.balancer.combine(task_losses, self.model.shared_parameters())
+        return total + sum(method_losses.values(), torch.zeros((), device=device)), task_losses, method_losses
+
+
 @dataclass
 class TrainResult:
     model: nn.Module
@@ -142,32 +181,54 @@ class Trainer:
                  method: str = "erm", method_options: dict | None = None, target_part: str | None = None,
                  selection=None, callbacks: Sequence[object] = ()):
         self.config, self.data, self.out_dir = config, data, Path(out_dir)
-        self.callbacks = list(callbacks)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.main = distributed.is_main()  # rank 0 (always, on one device): validates and writes
+        self.callbacks = list(callbacks) if self.main else []
+        if self.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         self.selection = selection  # callable(trainer) -> extra validation metrics
-        self.device = pick_device(config.train.device)
+        distributed.check_world(config.train)
+        distributed.check_devices(config.train)  # e.g. 16-mixed or SyncBatchNorm on CPU
+        self.device = distributed.local_device(pick_device(config.train.device))
         seed_everything(config.train.seed)
         self.model = model_from_config(config, data).to(self.device)
         self.balancer = BALANCERS.build(config.loss.balancer, tasks=self.model.tasks, **config.loss.balancer_options)
-        self.loss_config = config.loss  # the models' own LossConfig: every YAML loss option reaches the loss
         self.method = METHODS.build(method, **(method_options or {}))
         self.target_part = target_part  # e.g. "test" for unlabelled target-site images
-        self.train_loader = data.loader("train", config.train.batch_size, shuffle=True, seed=config.train.seed,
-                                        num_workers=config.train.num_workers)
-        self.target_loader = None
-        if self.method.needs_target or self.method.transductive:
-            if target_part is None:
-                raise ValueError(f"method {method!r} needs unlabelled target images: give target_part")
-            self.target_loader = data.loader(target_part, config.train.batch_size, shuffle=True,
-                                             seed=config.train.seed + 7, labelled=False,
-                                             num_workers=config.train.num_workers)
-        self.method.prepare(self.model, self.train_loader, self.target_loader)
+        if (self.method.needs_target or self.method.transductive) and target_part is None:
+            raise ValueError(f"method {method!r} needs unlabelled target images: give target_part")
+        # the method is prepared on every case (as on one device), each rank trains on its share
+        whole = self._loaders((0, 1))
+        self.method.prepare(self.model, *whole)
+        self.train_loader, self.target_loader = whole if distributed.world_size() == 1 else self._loaders(distributed.shard())
         self.method.to(self.device)
+        if distributed.world_size() > 1:
+            distributed.check_replicable(self.balancer)
+        self.autocast_dtype = AUTOCAST[config.train.precision]
+        # the training step's forward, wrapped in DDP on several devices (sharing the parameters);
+        # config.loss is the models' own LossConfig: every YAML loss option reaches the loss
+        self.step = distributed.data_parallel(
+            TrainingStep(self.model, self.method, self.balancer, config.loss, self.autocast_dtype),
+            config.train, self.device)
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, [self.method, self.balancer], config.train),
                                            lr=config.train.lr, weight_decay=config.train.weight_decay)
+        # float16 gradients underflow without loss scaling; the scaler passes everything through otherwise
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype is torch.float16)
         steps_per_epoch = max(1, len(self.train_loader))
         self.total_steps = steps_per_epoch * config.train.epochs
         self.warmup_steps = int(config.train.warmup_epochs * steps_per_epoch)
+
+    def _loaders(self, shard: tuple[int, int]):
+        """The training loader and the unlabelled target loader (None if the method needs none)
+        for ``shard`` (rank, world size): each rank's batch is its share of the global batch."""
+        cfg = self.config.train
+        batch = cfg.batch_size // shard[1]
+        train = self.data.loader("train", batch, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers,
+                                 shard=shard)
+        if not (self.method.needs_target or self.method.transductive):
+            return train, None
+        target = self.data.loader(self.target_part, batch, shuffle=True, seed=cfg.seed + 7, labelled=False,
+                                  num_workers=cfg.num_workers, shard=shard)
+        return train, target
 
     # --------------------------------------------------------------------------- loop
     def fit(self, resume: bool = True, progress: bool = True, until_epoch: int | None = None) -> TrainResult:
@@ -177,8 +238,11 @@ class Trainer:
         result = TrainResult(self.model, self.method)
         start_epoch, bad_epochs, step, elapsed = 0, 0, 0, 0.0
         last = self.out_dir / "last.pt"
-        if resume and last.exists():
-            start_epoch, bad_epochs, step, elapsed = self._restore(load_checkpoint(last, self.device), result)
+        # read on rank 0 and broadcast: the other ranks (maybe on other machines) need no copy of the folder
+        state = distributed.broadcast_object(load_checkpoint(last) if self.main and resume and last.exists() else None)
+        if state is not None:
+            start_epoch, bad_epochs, step, elapsed = self._restore(state, result)
+        progress = progress and self.main
         self._notify("on_fit_start", self)
         for epoch in range(start_epoch, min(cfg.epochs, until_epoch or cfg.epochs)):
             if self.out_of_time(elapsed):  # a run resumed after its budget was spent
@@ -188,35 +252,51 @@ class Trainer:
             freeze_backbone(self.model, epoch < cfg.freeze_encoder_epochs)
             train_losses, step = self._train_epoch(epoch, step, elapsed, progress)
             train_seconds = time.perf_counter() - began  # without validation: for training throughput
-            metrics = self._validate()
-            elapsed += time.perf_counter() - began
-            row = {"epoch": epoch, **train_losses, **metrics, "lr": self.optimizer.param_groups[0]["lr"],
-                   **{f"weight_{k}": v for k, v in self.balancer.weights().items()}, "seconds": elapsed,
-                   "train_seconds": train_seconds, "time_ms": int(time.time() * 1000)}
-            result.history.append(row)
-            pd.DataFrame(result.history).to_csv(self.out_dir / "history.csv", index=False)
-            self._notify("on_epoch_end", self, row)
+            weights = {f"weight_{k}": v for k, v in self.balancer.weights().items()}  # those this epoch used
             self.balancer.end_epoch({t: train_losses[f"loss_{t}"] for t in self.model.tasks if f"loss_{t}" in train_losses})
-            score = metrics[cfg.early_stopping.metric]
-            if score > result.best_score:
-                result.best_score, result.best_epoch, bad_epochs = score, epoch, 0
-                save_checkpoint(self.out_dir / "best.pt", model=self.model.state_dict(),
-                                method=self.method.state_dict(), epoch=epoch, score=score,
-                                config=self.config.model_dump())
-            else:
-                bad_epochs += 1
-            out_of_time = self.out_of_time(elapsed)
-            result.stopped_early = bad_epochs >= cfg.early_stopping.patience
-            self._save_last(epoch, bad_epochs, step, elapsed, result)
-            if progress:
-                tqdm.write(_format_row(row))
-            if result.stopped_early or out_of_time:
+            verdict = None
+            if self.main:
+                bad_epochs, elapsed = self._close_epoch(epoch, train_losses, weights, train_seconds, began,
+                                                        (bad_epochs, step, elapsed), result, progress)
+                verdict = (bad_epochs, elapsed, result.best_epoch, result.best_score, result.stopped_early)
+            # every rank follows rank 0's decision, so all stop after the same epoch
+            bad_epochs, elapsed, result.best_epoch, result.best_score, result.stopped_early = \
+                distributed.broadcast_object(verdict)
+            if result.stopped_early or self.out_of_time(elapsed):
                 break
-        best = load_checkpoint(self.out_dir / "best.pt", self.device)
+        best = distributed.broadcast_object(load_checkpoint(self.out_dir / "best.pt") if self.main else None)
         self.model.load_state_dict(best["model"])
         self.method.load_state_dict(best["method"])
         self._notify("on_fit_end", self, result)
         return result
+
+    def _close_epoch(self, epoch: int, train_losses: dict, weights: dict, train_seconds: float, began: float,
+                     counters: tuple[int, int, float], result: TrainResult, progress: bool) -> tuple[int, float]:
+        """Rank 0's end of an epoch: validate, log the row (history.csv, callbacks), keep the
+        best model and the checkpoint to resume from. ``counters``: (bad_epochs, step, elapsed)
+        before this epoch's validation; returns the new (bad_epochs, elapsed)."""
+        cfg = self.config.train
+        bad_epochs, step, elapsed = counters
+        metrics = self._validate()
+        elapsed += time.perf_counter() - began  # this epoch's training and validation
+        row = {"epoch": epoch, **train_losses, **metrics, "lr": self.optimizer.param_groups[0]["lr"], **weights,
+               "seconds": elapsed, "train_seconds": train_seconds, "time_ms": int(time.time() * 1000)}
+        result.history.append(row)
+        pd.DataFrame(result.history).to_csv(self.out_dir / "history.csv", index=False)
+        self._notify("on_epoch_end", self, row)
+        score = metrics[cfg.early_stopping.metric]
+        if score > result.best_score:
+            result.best_score, result.best_epoch, bad_epochs = score, epoch, 0
+            save_checkpoint(self.out_dir / "best.pt", model=self.model.state_dict(),
+                            method=self.method.state_dict(), epoch=epoch, score=score,
+                            config=self.config.model_dump())
+        else:
+            bad_epochs += 1
+        result.stopped_early = bad_epochs >= cfg.early_stopping.patience
+        self._save_last(epoch, bad_epochs, step, elapsed, result)
+        if progress:
+            tqdm.write(_format_row(row))
+        return bad_epochs, elapsed
 
     def _notify(self, event: str, *args) -> None:
         for callback in self.callbacks:
@@ -226,7 +306,9 @@ class Trainer:
 
     def _seed_epoch(self, epoch: int) -> None:
         seed = self.config.train.seed * 100_003 + epoch
-        torch.manual_seed(seed)
+        # the global RNG (dropout) differs by rank, so the ranks' shares are not given the same
+        # masks (rank 0 draws a 1-device run's); the loaders' order is the same on every rank
+        torch.manual_seed(seed + 1_000_003 * distributed.rank())
         self.train_loader.generator.manual_seed(seed)
         self.train_loader.dataset.set_epoch(epoch)
         if self.target_loader is not None:
@@ -258,36 +340,44 @@ class Trainer:
         target_iter = iter(self.target_loader) if self.target_loader is not None else None
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.config.train.epochs}", leave=False,
                    disable=not progress, unit="batch")
+        spent = spent_before
         for batch in bar:
             batch = _to_device(batch, self.device)
             target = None
             if target_iter is not None:
                 target, target_iter = _next_cycling(target_iter, self.target_loader)
                 target = _to_device(target, self.device)
-            position = self.progress(step, spent_before + time.perf_counter() - began)
+            position = self.progress(step, spent)
             for group in self.optimizer.param_groups:
                 group["lr"] = (self.config.train.lr * group.get("lr_scale", 1.0)
                                * warmup_cosine(step, position, self.warmup_steps, self.total_steps))
-            out = self.method(self.model, batch, target, round(position * self.total_steps), self.total_steps)
-            task_losses = multitask_losses(out.source_out, batch, self.loss_config)
-            total = self.balancer.combine(task_losses, self.model.shared_parameters())
-            total = total + sum(out.losses.values(), torch.zeros((), device=self.device))
+            total, task_losses, method_losses = self.step(batch, target, round(position * self.total_steps),
+                                                          self.total_steps)
             self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            self.scaler.scale(total).backward()  # DDP averages the gradients over the ranks here
             if self.config.train.grad_clip:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
                 params = [p for group in self.optimizer.param_groups for p in group["params"]]
                 nn.utils.clip_grad_norm_(params, self.config.train.grad_clip)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             step += 1
             logged = {"loss": total.item(), **{f"loss_{k}": v.item() for k, v in task_losses.items()},
-                      **{f"loss_{k}": v.item() for k, v in out.losses.items()}}
+                      **{f"loss_{k}": v.item() for k, v in method_losses.items()}}
             for k, v in logged.items():
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
             bar.set_postfix(loss=f"{logged['loss']:.3f}")
-            if self.out_of_time(spent_before + time.perf_counter() - began):
+            spent = self._spent(spent_before, began)
+            if self.out_of_time(spent):
                 break
-        return {k: v / counts[k] for k, v in sums.items()}, step
+        return _pooled_means(distributed.gather_objects((sums, counts))), step
+
+    def _spent(self, before: float, began: float) -> float:
+        """Seconds of the run so far. Under a time budget it sets the learning rate and the
+        stop, so every rank takes rank 0's count (one scalar broadcast a step)."""
+        spent = before + time.perf_counter() - began
+        return distributed.broadcast_scalar(spent) if self.config.train.time_budget_s else spent
 
     def _validate(self) -> dict:
         """The model-selection score; by default on source validation cases only.
@@ -305,9 +395,10 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpointing
     def _save_last(self, epoch: int, bad_epochs: int, step: int, elapsed: float, result: TrainResult) -> None:
+        # the model's own state_dict, never DDP's (whose keys start with "module."): any device count resumes it
         save_checkpoint(
             self.out_dir / "last.pt", model=self.model.state_dict(), method=self.method.state_dict(),
-            optimizer=self.optimizer.state_dict(),
+            optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
             balancer=self.balancer.state_dict(), epoch=epoch, bad_epochs=bad_epochs, step=step, elapsed=elapsed,
             best_epoch=result.best_epoch, best_score=result.best_score, history=result.history,
             config=self.config.model_dump(),
@@ -318,9 +409,27 @@ class Trainer:
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.balancer.load_state_dict(state["balancer"])
+        if state.get("scaler"):  # a float16 run's loss scale (empty otherwise, or in older checkpoints)
+            self.scaler.load_state_dict(state["scaler"])
         result.history = list(state["history"])
         result.best_epoch, result.best_score = state["best_epoch"], state["best_score"]
         return state["epoch"] + 1, state["bad_epochs"], state["step"], state["elapsed"]
+
+
+def _float32(tensors: dict) -> dict:
+    """Autocast's half-precision outputs in float32, where the losses are computed."""
+    return {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def _pooled_means(per_rank: list[tuple[dict, dict]]) -> dict:
+    """Each logged loss's mean over the batches of every rank, from their (sums, counts)."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for rank_sums, rank_counts in per_rank:
+        for k, v in rank_sums.items():
+            sums[k] = sums.get(k, 0.0) + v
+            counts[k] = counts.get(k, 0) + rank_counts[k]
+    return {k: v / counts[k] for k, v in sums.items()}
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -230,12 +231,23 @@ def run_study_command(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from senolab.engine import distributed
     from senolab.engine.config import load_config
     from senolab.runners.experiment import train_and_evaluate
 
-    config = load_config(args.config)
+    overrides = {"train": {"devices": args.devices}} if args.devices else None
+    config = load_config(args.config, overrides)
     out = args.out or Path("runs") / config.name
+    devices = config.train.devices
+    if devices > 1 and not distributed.launched():
+        # run again as `devices` processes under torchrun (docs/distributed.md); rank 0 prints the results
+        distributed.check_devices(config.train)
+        argv = ["train", str(args.config.absolute()), "--out", str(out.absolute()), "--devices", str(devices)]
+        argv += ["--tracking-uri", args.tracking_uri] if args.tracking_uri else []
+        return distributed.launch(argv + (["--quiet"] if args.quiet else []), devices)
     summary = train_and_evaluate(config, out, progress=not args.quiet, tracking_uri=args.tracking_uri)
+    if distributed.launched() and int(os.environ["RANK"]) != 0:
+        return 0  # rank 0 reports the run
     _print_aggregates(summary)
     print(f"run written to {out.resolve()}")
     return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from senolab.cohorts.readers import read_cohort
+from senolab.engine import distributed
 from senolab.engine.config import ExperimentConfig
 from senolab.engine.data import PreparedData, prepare, say_skipped, skipped_records
 from senolab.engine.predict import predict
@@ -44,16 +45,25 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str | Path, progress: 
     """Train one model and evaluate it on the test part; returns the summary dict.
 
     Tracked in MLflow while it trains (a parent run for the command, a child for the
-    model with its epochs live), in the folder's own SQLite store unless ``tracking_uri``."""
-    out = writable_folder(Path(out_dir).absolute(), "run folder")
-    # a folder trained with another config (another split seed, say) is never resumed
-    claim_folder(out, config.model_dump(), command="senolab train")
-    data = data if data is not None else prepare(config.data, progress=progress)
-    run = RunDir.open_or_create(out, config.name, config.model_dump(), tracking_uri=tracking_uri,
-                                data_fingerprint=table_fingerprint(data.cohort.table), command="train")
-    data.parts.to_frame().to_csv(out / "split.csv", index_label="case_id")
-    live = run.live(UNIT, tags={"method": UNIT})
-    model, best_epoch = _trained(config, data, out, live, progress)
+    model with its epochs live), in the folder's own SQLite store unless ``tracking_uri``.
+
+    In a torchrun worker (``train.devices`` > 1, docs/distributed.md) every rank trains its
+    share and rank 0 alone does everything else; the other ranks return an empty dict."""
+    with distributed.process_group(config.train):  # left by every rank once the model is trained
+        if not distributed.is_main():
+            _train_share(config, Path(out_dir).absolute(), data)
+            return {}
+        out = writable_folder(Path(out_dir).absolute(), "run folder")
+        # a folder trained with another config (another split seed, say) is never resumed; the
+        # number of devices does not change what is trained (docs/distributed.md), so any resumes it
+        claim_folder(out, config.model_dump(), ignore={"train.devices"}, command="senolab train")
+        data = data if data is not None else prepare(config.data, progress=progress)
+        run = RunDir.open_or_create(out, config.name, config.model_dump(), tracking_uri=tracking_uri,
+                                    data_fingerprint=table_fingerprint(data.cohort.table), command="train")
+        data.parts.to_frame().to_csv(out / "split.csv", index_label="case_id")
+        live = run.live(UNIT, tags={"method": UNIT})
+        model, best_epoch = _trained(config, data, out, live, progress)
+    # evaluated by rank 0 alone, outside the process group
     table = predict(model, data.loader("test", config.train.batch_size), data, pick_device(config.train.device))
     summary = _write_evaluation(table, out, config, config.model_dump(), progress, skipped_records(data.cohort),
                                 stored_clinical(out / "model"))
@@ -69,11 +79,20 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str | Path, progress: 
     return summary
 
 
+def _train_share(config: ExperimentConfig, out: Path, data: PreparedData | None) -> None:
+    """A rank other than 0: its share of the training, when rank 0 trains (the folder is not
+    finished yet); it writes nothing."""
+    data = data if data is not None else prepare(config.data, progress=False)
+    if distributed.broadcast_object(None):
+        Trainer(config, data, out).fit(progress=False)
+
+
 def _trained(config: ExperimentConfig, data: PreparedData, out: Path, live, progress: bool):
     """The packaged model of a finished folder, or train (resuming) and package it.
     Returns the model and its best epoch."""
     package = out / "model"
     done = done_record(out)
+    distributed.broadcast_object(done is None)  # the other ranks train alongside, or not at all
     if done is not None:
         return load_packaged_model(package, data), done["best_epoch"]
     result = Trainer(config, data, out, callbacks=[live]).fit(progress=progress)
