@@ -128,6 +128,15 @@ def test_two_processes_follow_one_and_a_stopped_run_resumes_on_two_or_one(tmp_pa
     same_weights(on_one, tmp_path / "one", atol=1e-5)
 
 
+def test_the_time_budget_stops_every_rank_at_the_same_step(tmp_path):
+    """Rank 0's clock decides, broadcast every step: a rank stopping alone would hang the other."""
+    budget = write_config(tmp_path / "budget.yaml", EXACT, devices=2, epochs=1000, time_budget_s=2.0,
+                          early_stopping={"patience": 1000})
+    torchrun(budget, tmp_path / "run")
+    spent = history(tmp_path / "run")
+    assert len(spent) < 1000 and spent["seconds"].iloc[-1] >= 2.0
+
+
 @pytest.mark.parametrize("size", [40, 37, 3])
 def test_each_rank_gets_its_share_of_the_one_process_batches(size):
     """Batch k on one process is the union of the ranks' batches k; every rank runs as many steps."""
