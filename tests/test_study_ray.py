@@ -50,10 +50,17 @@ def tracked_runs(out: Path) -> tuple[int, list[str]]:
 
 
 def test_a_failing_run_is_recorded_the_others_finish_and_the_command_fails(tmp_path):
-    """The real command, Ray started by it, a relative --out: the broken entry fails at its
-    first step, erm finishes, and the command exits non-zero naming the failed run."""
+    """The real command, Ray started by it, a relative --out and image files under a relative
+    path (as configs/study_loso.yaml has them): the broken entry fails at its first step, erm
+    finishes, and the command exits non-zero naming the failed run."""
+    from senolab.cohorts.synthetic import write
+    from senolab.engine.config import SyntheticOptions
+
+    write(SyntheticOptions(**TINY["base"]["data"]["synthetic"]).build(), tmp_path / "cohort", progress=False)
+    on_disk = {**TINY["base"], "data": {**TINY["base"]["data"], "cohorts": ["cohort"]}}
+    del on_disk["data"]["synthetic"]
     broken = {"name": "dann", "options": {"no_such_option": 1}, "label": "broken"}
-    write_config(tmp_path, methods=["erm", broken], **ONE_PAIR)
+    write_config(tmp_path, methods=["erm", broken], base=on_disk, **ONE_PAIR)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-m", "senolab.cli", "study", "study.yaml", "--out", "out",
                            "--executor", "ray"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -101,9 +108,12 @@ def test_ray_gives_the_sequential_results_resumes_and_logs_each_run_once(tmp_pat
     assert tracked_runs(sequential) == (1, units)
 
 
-def test_other_cpus_per_run_is_another_study(tmp_path):
-    config = load_study_config(write_config(tmp_path, **ONE_PAIR, methods=["erm"]))
-    run_study(config, tmp_path / "out", progress=False)
+def test_a_time_budgeted_study_says_its_results_depend_on_the_machine_and_cpus_are_compared(tmp_path):
+    budgeted = {**TINY["base"], "train": {**TINY["base"]["train"], "time_budget_s": 600}}
+    config = load_study_config(write_config(tmp_path, **ONE_PAIR, methods=["erm"], base=budgeted))
+    summary = run_study(config, tmp_path / "out", progress=False)
+    assert "depends on the machine's speed" in summary["time_budget"]
+    assert "depends on the machine's speed" in (tmp_path / "out" / "results.md").read_text()
     with pytest.raises(ConfigChanged, match="executor.cpus: 1 -> 2"):
         run_study(config.model_copy(update={"executor": ExecutorConfig(cpus=2)}), tmp_path / "out", progress=False)
 

@@ -53,8 +53,7 @@ class Task:
 
     def in_driver(self) -> bool:
         """Federated training runs its own Ray simulation: never inside a Ray task."""
-        return METHODS.get(self.unit.spec.name).federated or (
-            self.base is not None and METHODS.get(self.base.spec.name).federated)
+        return METHODS.get(self.unit.spec.name).federated
 
     def without_data(self) -> "Task":
         """The task to send to a worker; its data travels through the object store."""
@@ -139,7 +138,7 @@ class RunBoard:
         self.bar.set_postfix_str(self.text())
 
 
-Outcome = "dict | Failure"
+Outcome = dict | Failure  # the run's done.json record, or why it failed
 Executor = Callable[[StudyJob, list[Task], RunBoard], Iterator[tuple[Task, Outcome]]]
 EXECUTORS: Registry[Executor] = Registry("study executor")
 
@@ -188,7 +187,8 @@ def run_on_ray(job: StudyJob, tasks: list[Task], board: RunBoard) -> Iterator[tu
     here = here_of(tasks)
     with ray_session(executor):
         starts = ray.remote(num_cpus=0)(_Starts).remote()
-        remote = ray.remote(_run_remote).options(num_cpus=executor.cpus or 1, num_gpus=executor.gpus, max_retries=0)
+        remote = ray.remote(_run_remote).options(num_cpus=executor.cpus or 1, num_gpus=executor.gpus, max_retries=0,
+                                                 runtime_env=QUIET_WORKERS)
         for_workers = job.for_workers()
         data_refs, refs, pending = {}, {}, {}
         for task in tasks:
@@ -218,6 +218,10 @@ def here_of(tasks: list[Task]) -> list[Task]:
         if task.in_driver() or (task.base is not None and task.base.name in here):
             here[task.name] = task
     return list(here.values())
+
+
+# Workers draw no progress bars (an adaptation's own included): the driver's line says it all.
+QUIET_WORKERS = {"env_vars": {"TQDM_DISABLE": "1"}}
 
 
 class _Starts:

@@ -223,9 +223,9 @@ class StudyRunsFailed(RuntimeError):
 
 def check_executor(config: StudyConfig) -> None:
     """The executor section as given (flags included), checked before any work."""
-    from senolab.engine.config import ExecutorConfig, validate
+    from senolab.engine.config import validate
 
-    validate(ExecutorConfig, config.executor.model_dump(), "executor")
+    validate(StudyConfig, {"executor": config.executor.model_dump()}, "the study's executor (config and flags)")
 
 
 def _carry_out(config: StudyConfig, out: Path, planned: list[Task], run: RunDir, progress: bool,
