@@ -88,18 +88,18 @@ def ray_instance():
 
 
 def test_ray_gives_the_sequential_results_resumes_and_logs_each_run_once(tmp_path, ray_instance):
-    config = load_study_config(write_config(tmp_path))
+    config = load_study_config(write_config(tmp_path, **ONE_PAIR))  # adabn adapts erm's model: it runs after erm
     sequential, on_ray = tmp_path / "sequential", tmp_path / "ray"
     run_study(config, sequential, progress=False)
     ray_config = config.model_copy(update={"executor": config.executor.model_copy(update={"name": "ray"})})
     run_study(ray_config, on_ray, progress=False)
     expected = pd.read_csv(sequential / "results.csv")
     pd.testing.assert_frame_equal(pd.read_csv(on_ray / "results.csv"), expected, check_exact=True)
-    units = ["site_a/adabn/seed0", "site_a/erm/seed0", "site_b/adabn/seed0", "site_b/erm/seed0"]
+    units = ["site_b/adabn/seed0", "site_b/erm/seed0"]
     assert tracked_runs(on_ray) == (1, units)
-    # the sequential study stopped after one run's training: resumed on Ray, only it is redone
+    # the sequential study stopped before one run was done: resumed on Ray, only it is redone
     redo = sequential / "runs" / "site_b" / "erm" / "seed0"
-    kept = sequential / "runs" / "site_a" / "erm" / "seed0" / "model" / "artifacts" / "model.pt"
+    kept = sequential / "runs" / "site_b" / "adabn" / "seed0" / "model" / "artifacts" / "model.pt"
     stamp = kept.stat().st_mtime_ns
     (redo / "done.json").unlink()
     run_study(ray_config, sequential, progress=False)
@@ -205,3 +205,20 @@ def test_the_study_raises_after_recording_every_failure(tmp_path):
     with pytest.raises(StudyRunsFailed, match="site_b/broken/seed0"):
         run_study(config, tmp_path / "out", progress=False)
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["failed"][0]["method"] == "broken"
+
+
+def test_federated_runs_and_those_that_adapt_them_stay_in_the_driver(tmp_path):
+    """Flower's simulation engine is a Ray application: under the ray executor a federated
+    run (and a run that trains as one) is carried out by the driver, not in a Ray task."""
+    from senolab.engine.config import MethodSpec, PairSpec
+    from senolab.runners.executors import Task, here_of
+    from senolab.runners.study import StudyUnit
+
+    pair = PairSpec(sources=["site_a", "site_b"], target="site_c")
+
+    def unit(name):
+        return StudyUnit(pair, MethodSpec(name=name), 0, tmp_path / name, data=None)
+
+    tasks = [Task(unit("erm")), Task(unit("fedbn")), Task(unit("adabn"), unit("erm")),
+             Task(unit("fedbn_adabn"), unit("fedbn"))]
+    assert [task.unit.spec.name for task in here_of(tasks)] == ["fedbn", "fedbn_adabn"]
