@@ -107,8 +107,8 @@ class FedProx(FederatedMethod):
         self._anchor = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
 
     def _losses(self, model, source_batch, source_out, target_batch, target_out, step, total_steps):
-        if not self._anchor:
-            raise RuntimeError("fedprox: begin_round(model) must run before a client trains (it fixes w_global)")
+        if not self._anchor:  # outside a federation (one training run): the start is the global model
+            self.begin_round(model)
         squared = sum(((p - anchor) ** 2).sum() for p, anchor in self._anchor)
         return {"proximal": 0.5 * self.proximal_mu * squared}
 
