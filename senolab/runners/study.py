@@ -347,8 +347,9 @@ def notes_markdown(notes: dict) -> str:
         lines += ["", f"Note: {notes['time_budget']}."]
     for target, per_label in notes.get("tuning", {}).items():
         for label, record in per_label.items():
+            best = number_text(record["best_val_score"])
             lines += ["", f"Tuned on source validation at target {target}: {label} uses {record['chosen']} "
-                          f"(best of {len(record['trials'])} trials, val_score {number_text(record['best_val_score'])})"]
+                          f"(best of {len(record['trials'])} trials, val_score {best})"]
     if notes["failed"]:
         lines += ["", "## Failed runs", "", "| run | error |", "|---|---|"]
         lines += [f"| {entry['run']} | {entry['error']} |" for entry in notes["failed"]]

@@ -105,7 +105,8 @@ def _trial(options: dict, job, method: MethodSpec, epochs: int | None, weights: 
     from senolab.runners.executors import enter_study, torch_threads
 
     enter_study(job)  # Tune runs a trial in its own folder: relative data paths are the driver's
-    name = "trial_" + "_".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(options.items()))
+    name = "trial_" + "_".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in sorted(options.items()))
     with torch_threads(job.config.executor.cpus):
         score = trial_score(job.config, method, options, data, Path(folder) / name, epochs, weights)
     tune.report({METRIC: score})
