@@ -63,6 +63,7 @@ import pandas as pd
 import torch
 
 from senolab.adaptation import METHODS
+from senolab.errors import WorkFailed
 from senolab.cohorts.splits import check_leakage, holdout
 from senolab.engine.config import (ConfigError, MethodSpec, PairSpec, StudyConfig,  # noqa: F401 (callers import them from here)
                                    load_study_config, method_names_as_specs)
@@ -210,7 +211,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, c
 EXECUTION_KEYS = ("executor.name", "executor.address")
 
 
-class StudyRunsFailed(RuntimeError):
+class StudyRunsFailed(WorkFailed):
     """Some runs of a study failed; each is recorded in its folder's error.json and the
     study's summary. The others finished; a rerun of the study retries the failed ones."""
 
@@ -494,7 +495,7 @@ def _run_once(config: StudyConfig, unit: StudyUnit, progress: bool, callbacks=()
     result = json.loads(json.dumps({"row": row, "start_ms": started, "end_ms": int(time.time() * 1000)},
                                    default=float))  # as read back from done.json
     mark_done(run_dir, result)
-    for spent in ("last.pt", "best.pt"):
+    for spent in ("last.pt", "best.pt", "federated.pt"):  # federated.pt: a federation's result (senolab.federated)
         (run_dir / spent).unlink(missing_ok=True)
     return result
 
