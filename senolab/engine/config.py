@@ -450,6 +450,25 @@ class StudyConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _federated_methods_select_on_source_validation(self):
+        # the server selects rounds by the clients' validation scores; it never holds target images
+        from senolab.adaptation import METHODS
+
+        federated = [m.label for m in self.methods if METHODS.get(m.name).federated]
+        if federated and self.selection != "source_val":
+            raise ValueError(f"methods {federated} are federated: they select by source validation only "
+                             f"(selection: source_val), not {self.selection!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_device_per_run(self):
+        if self.base.train.devices != 1:
+            raise ValueError(f"base.train.devices is {self.base.train.devices}: a study trains each run on one "
+                             "device (its executor runs several runs at once, docs/scale-out.md); "
+                             "data-parallel training is for `senolab train` (docs/distributed.md)")
+        return self
+
+    @model_validator(mode="after")
     def _pretrain_fits_the_encoder(self):
         if self.pretrain is not None:
             check_method_fits(self.pretrain.options().method, self.base.model.encoder,
