@@ -15,6 +15,8 @@
 - The real CLI: `senolab train CONFIG --devices 2 --out relative/path`, killed with SIGKILL
   (launcher and workers) after its first checkpoint, then the same command again: one
   history with every epoch once, one set of MLflow runs.
+- Under a time budget rank 0's clock stops both processes at the same step; each rank's
+  batches are its share of the 1-process batches (padded to equal step counts).
 - bf16-mixed trains on CPU; 16-mixed on CPU, and a batch the devices do not divide, are refused.
 
 This file is also the workers' script: torchrun runs it with a config, a folder and an
