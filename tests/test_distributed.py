@@ -10,8 +10,9 @@
   order), and the final weights to atol 1e-5. With BatchNorm (per-process statistics; the
   fix, SyncBatchNorm, runs on GPUs only) or dropout the curves are statistically, not
   numerically, alike.
-- A stopped 2-process run resumes on 2 processes (the same curve as never stopping) and on
-  1 process (the 1-process curve): the checkpoint holds the unwrapped model.
+- A 2-process run stopped after its first epoch resumes on 2 processes and on 1 process,
+  each time with the 1-process curve (same tolerances): the checkpoint holds the unwrapped
+  model, so the number of processes may change.
 - The real CLI: `senolab train CONFIG --devices 2 --out relative/path`, killed with SIGKILL
   (launcher and workers) after its first checkpoint, then the same command again: one
   history with every epoch once, one set of MLflow runs.
@@ -107,23 +108,22 @@ def same_weights(a: Path, b: Path, atol: float) -> None:
 
 
 def test_two_processes_follow_one_and_a_stopped_run_resumes_on_two_or_one(tmp_path, one_torch_thread):
-    # one test, not two sharing a fixture: pytest-xdist would train the shared runs twice
+    # One test, not several sharing a fixture (pytest-xdist would train the shared runs twice),
+    # and no uninterrupted 2-process run: the 2-process curve, stopped after its first epoch
+    # and resumed on 2 processes, must still be the 1-process curve.
     one_config = write_config(tmp_path / "one.yaml", EXACT)
     two_config = write_config(tmp_path / "two.yaml", EXACT, devices=2)
     train_here(one_config, tmp_path / "one")
-    torchrun(two_config, tmp_path / "two")
-    same_curve(history(tmp_path / "one"), history(tmp_path / "two"), rtol=1e-4)
-    same_weights(tmp_path / "one", tmp_path / "two", atol=1e-5)
 
-    stopped = tmp_path / "stopped"
-    torchrun(two_config, stopped, until_epoch=1)  # as if killed after its first epoch
-    assert list(history(stopped)["epoch"]) == [0]
-    on_one = tmp_path / "stopped_then_one"
-    shutil.copytree(stopped, on_one)
+    two = tmp_path / "two"
+    torchrun(two_config, two, until_epoch=1)  # as if killed after its first epoch
+    assert list(history(two)["epoch"]) == [0]
+    on_one = tmp_path / "two_then_one"
+    shutil.copytree(two, on_one)
 
-    torchrun(two_config, stopped)  # 2 -> 2 processes: the curve of a run that never stopped
-    same_curve(history(stopped), history(tmp_path / "two"), rtol=1e-6)
-    same_weights(stopped, tmp_path / "two", atol=1e-6)
+    torchrun(two_config, two)  # 2 -> 2 processes
+    same_curve(history(two), history(tmp_path / "one"), rtol=1e-4)
+    same_weights(two, tmp_path / "one", atol=1e-5)
 
     train_here(one_config, on_one)  # 2 -> 1 process: the checkpoint holds the plain model
     same_curve(history(on_one), history(tmp_path / "one"), rtol=1e-4)
