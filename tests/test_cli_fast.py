@@ -21,8 +21,8 @@ COMMANDS = [[], ["cohorts", "describe"], ["radiomics", "extract"], ["radiomics",
 # each package with an __init__ of its own -> {registry: (the module that defines it, every entry it lists once that module is imported)}
 REGISTRIES = {
     "adaptation": {"METHODS": ("senolab.adaptation.base", [
-        "adabn", "coral", "cyclegan", "dann", "entropy", "erm", "histogram_matching", "mmd",
-        "per_image_standardisation", "self_training"])},
+        "adabn", "coral", "cyclegan", "dann", "entropy", "erm", "fedadam", "fedavg", "fedbn", "fedbn_adabn",
+        "fedprox", "histogram_matching", "local", "mmd", "per_image_standardisation", "self_training"])},
     "evaluation": {"METRICS": ("senolab.evaluation.metrics", [
         "accuracy", "auc", "auc_positive", "balanced_accuracy", "box_iou", "dice", "dice_vs_circle", "ece", "f1",
         "fp_rate_lesion_free", "hd95_mm", "hd95_px", "iou", "iou_vs_circle", "pred_area_lesion_free",

@@ -289,10 +289,11 @@ def _log_once(run: RunDir, unit: StudyUnit, result: dict, on_unit) -> None:
 
 
 def _unit_evaluation(unit: StudyUnit) -> tuple[dict, dict]:
-    """The unit's target-site aggregates and clinical sections, from its summary.json."""
+    """The unit's aggregates (per site, pooled and worst, as :func:`senolab.tracking.unit_metrics`
+    reads them) and clinical sections, from its summary.json."""
     unit_summary = load_summary(unit.folder / SUMMARY_FILE)
     sections = {name: unit_summary[name] for name in SECTIONS if name in unit_summary}
-    return unit_summary["aggregates"][unit.spec.label][unit.pair.target], sections
+    return unit_summary["aggregates"][unit.spec.label], sections
 
 
 def _aggregate(config: StudyConfig, out: Path, finished: list[Task], outcomes: dict, cohort, pairs: list[PairSpec],
@@ -309,7 +310,7 @@ def _aggregate(config: StudyConfig, out: Path, finished: list[Task], outcomes: d
         rows.append(outcomes[task.name]["row"])
         unit_tables.append(pd.read_parquet(unit.folder / "predictions.parquet"))
         aggregates, sections = _unit_evaluation(unit)
-        per_unit.setdefault((unit.spec.label, unit.seed), {})[unit.pair.target] = aggregates
+        per_unit.setdefault((unit.spec.label, unit.seed), {})[unit.pair.target] = aggregates[unit.pair.target]
         clinical.setdefault((unit.spec.label, unit.seed), {})[unit.pair.target] = sections
     cases = pd.concat(unit_tables, ignore_index=True)
     results = pd.DataFrame(rows)
