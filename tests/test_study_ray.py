@@ -222,3 +222,12 @@ def test_federated_runs_and_those_that_adapt_them_stay_in_the_driver(tmp_path):
     tasks = [Task(unit("erm")), Task(unit("fedbn")), Task(unit("adabn"), unit("erm")),
              Task(unit("fedbn_adabn"), unit("fedbn"))]
     assert [task.unit.spec.name for task in here_of(tasks)] == ["fedbn", "fedbn_adabn"]
+
+
+def test_the_cli_refuses_an_address_without_ray_and_leaves_no_folder(tmp_path):
+    """As a user types it, from their own folder with a relative --out."""
+    run = subprocess.run([sys.executable, "-m", "senolab.cli", "study", str(REPO / "configs" / "study_synthetic.yaml"),
+                          "--address", "auto", "--out", "runs/x"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "needs name: ray" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "runs").exists()

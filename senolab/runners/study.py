@@ -172,8 +172,8 @@ def run_study(config: StudyConfig, out_dir: str | Path, progress: bool = True, c
     ``failed`` section of summary.json and results.md) while the others finish; the study
     then raises :class:`StudyRunsFailed` naming them, and a rerun retries them.
     """
+    check_executor(config)  # before the folder exists: a refused command leaves nothing behind
     out = writable_folder(Path(out_dir).absolute(), "study folder")
-    check_executor(config)
     claim_folder(out, config.model_dump(), "study.yaml", ignore=EXECUTION_KEYS, command="senolab study")
     cohort = cohort if cohort is not None else load_cohorts(config.base.data, progress)
     own_run = run is None
